@@ -1,0 +1,297 @@
+// Example identity server for certbound: oidc-provider issuing RFC 8705 certificate-bound
+// opaque access tokens (client_credentials over mutual TLS) and introspecting them as
+// RFC 7662 JSON, RFC 9701 signed JWT, or a phantom-token JWT access token (Accept: application/jwt).
+import { createHash, randomBytes, X509Certificate } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:https';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { exportJWK, generateKeyPair, importJWK, calculateJwkThumbprint, SignJWT } from 'jose';
+import Provider from 'oidc-provider';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const env = process.env;
+
+const PORT = Number(env.IDSVR_PORT || 8444);
+const HOST = env.IDSVR_HOST || '127.0.0.1';
+// Paths given in the environment are relative to the working directory; defaults to this file.
+const CERTS_DIR = env.CERTS_DIR ? resolve(env.CERTS_DIR) : resolve(here, '../../certs/out');
+const ISSUER = env.IDSVR_ISSUER || 'https://login.example.com:8443/oauth/v2/oauth-anonymous';
+const STATE_DIR = env.IDSVR_STATE_DIR ? resolve(env.IDSVR_STATE_DIR) : resolve(here, 'state');
+const ACCESS_TOKEN_TTL = Number(env.IDSVR_ACCESS_TOKEN_TTL || 900);
+const INTROSPECT_CLIENT_SECRET = env.INTROSPECT_CLIENT_SECRET || 'change-me-introspect-secret';
+const PHANTOM_AUDIENCE = env.IDSVR_PHANTOM_AUDIENCE || 'api.example.com';
+
+// The provider is mounted at /oauth/v2: its routes below are relative to that, so the token and
+// introspection endpoints sit beside the issuer path, and the JWKS under it.
+const MOUNT = '/oauth/v2';
+const issuerPath = new URL(ISSUER).pathname.replace(/\/$/, '');
+if (!issuerPath.startsWith(`${MOUNT}/`)) {
+  throw new Error(`IDSVR_ISSUER path must be under ${MOUNT}/ (got ${issuerPath})`);
+}
+const issuerRelative = issuerPath.slice(MOUNT.length); // e.g. /oauth-anonymous
+const ROUTES = {
+  token: '/oauth-token-mutual-tls',
+  introspection: '/oauth-introspect',
+  jwks: `${issuerRelative}/jwks`,
+};
+
+if (!Number.isInteger(ACCESS_TOKEN_TTL) || ACCESS_TOKEN_TTL <= 0) {
+  throw new Error('IDSVR_ACCESS_TOKEN_TTL must be a positive integer (seconds)');
+}
+
+const certPath = (name) => (isAbsolute(name) ? name : join(CERTS_DIR, name));
+const read = (name) => readFileSync(certPath(name));
+
+// Runtime state: signing key and cookie keys, made at first start and reused afterwards.
+function loadOrCreate(file, create) {
+  const path = join(STATE_DIR, file);
+  if (existsSync(path)) return JSON.parse(readFileSync(path, 'utf8'));
+  return create().then((value) => {
+    mkdirSync(STATE_DIR, { recursive: true, mode: 0o700 });
+    const tmp = `${path}.${process.pid}.tmp`;
+    writeFileSync(tmp, `${JSON.stringify(value, null, 2)}\n`, { mode: 0o600 });
+    renameSync(tmp, path);
+    return value;
+  });
+}
+
+const jwks = await loadOrCreate('jwks.json', async () => {
+  const { privateKey } = await generateKeyPair('PS256', { modulusLength: 2048, extractable: true });
+  const jwk = await exportJWK(privateKey);
+  jwk.kid = await calculateJwkThumbprint(jwk);
+  return { keys: [{ ...jwk, alg: 'PS256', use: 'sig' }] };
+});
+const cookieKeys = await loadOrCreate('cookies.json', async () => ({
+  keys: [randomBytes(32).toString('base64url')],
+}));
+
+const signingJwk = jwks.keys.find((k) => k.alg === 'PS256' && k.use === 'sig' && k.d);
+if (!signingJwk) throw new Error(`no private PS256 signing key in ${join(STATE_DIR, 'jwks.json')}`);
+const signingKey = await importJWK(signingJwk, 'PS256');
+
+// The self-signed client registers its certificate as a JWK with x5c (RFC 8705 section 2.2).
+function certificateJwk(pemFile) {
+  const pem = read(pemFile);
+  const cert = new X509Certificate(pem);
+  const jwk = cert.publicKey.export({ format: 'jwk' });
+  return { ...jwk, use: 'sig', x5c: [cert.raw.toString('base64')] };
+}
+
+// "TYPE=value" pairs of a DN, attribute type upper-cased. Order-insensitive comparison on purpose:
+// RFC 4514 strings list RDNs in reverse of the certificate's order, and people write them both ways.
+function dnPairs(pairs) {
+  return pairs
+    .map((p) => p.trim())
+    .filter(Boolean)
+    .map((p) => {
+      const i = p.indexOf('=');
+      return `${p.slice(0, i).trim().toUpperCase()}=${p.slice(i + 1).trim()}`;
+    })
+    .sort();
+}
+const parseRfc4514 = (dn) => dnPairs(dn.split(/(?<!\\),/).map((p) => p.replace(/\\(.)/g, '$1')));
+// X509Certificate#subject is one "TYPE=value" per line (multi-valued RDNs joined with " + ").
+const parseNodeSubject = (subject) => dnPairs(subject.split('\n').flatMap((l) => l.split(' + ')));
+
+function peerCertificate(ctx) {
+  const peer = ctx.socket.getPeerCertificate?.(true);
+  if (!peer?.raw) return undefined;
+  return new X509Certificate(peer.raw);
+}
+
+const clients = [
+  {
+    client_id: 'partner-client',
+    token_endpoint_auth_method: 'tls_client_auth',
+    tls_client_auth_subject_dn: 'CN=partner-client,O=Partner One',
+    tls_client_certificate_bound_access_tokens: true,
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'transactions',
+    id_token_signed_response_alg: 'PS256',
+  },
+  {
+    client_id: 'partner-client-2',
+    token_endpoint_auth_method: 'tls_client_auth',
+    tls_client_auth_subject_dn: 'CN=partner-client-2,O=Partner Two',
+    tls_client_certificate_bound_access_tokens: true,
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'transactions other',
+    id_token_signed_response_alg: 'PS256',
+  },
+  {
+    client_id: 'partner-selfsigned',
+    token_endpoint_auth_method: 'self_signed_tls_client_auth',
+    jwks: { keys: [certificateJwk('example.selfsigned.pem')] },
+    tls_client_certificate_bound_access_tokens: true,
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'transactions',
+    id_token_signed_response_alg: 'PS256',
+  },
+  {
+    client_id: 'introspect-client',
+    client_secret: INTROSPECT_CLIENT_SECRET,
+    token_endpoint_auth_method: 'client_secret_basic',
+    grant_types: [],
+    response_types: [],
+    redirect_uris: [],
+    id_token_signed_response_alg: 'PS256',
+    introspection_signed_response_alg: 'PS256',
+  },
+];
+const INTROSPECTORS = new Set(['introspect-client']);
+
+const provider = new Provider(ISSUER, {
+  clients,
+  jwks: { keys: [signingJwk] },
+  cookies: { keys: cookieKeys.keys },
+  routes: ROUTES,
+  scopes: ['transactions', 'other'],
+  clientAuthMethods: [
+    'tls_client_auth',
+    'self_signed_tls_client_auth',
+    'client_secret_basic',
+  ],
+  clientDefaults: {
+    grant_types: ['client_credentials'],
+    response_types: [],
+    id_token_signed_response_alg: 'PS256',
+    // The library default (RS256) fails client validation when the only key is PS256.
+    introspection_signed_response_alg: 'PS256',
+    token_endpoint_auth_method: 'tls_client_auth',
+  },
+  ttl: {
+    ClientCredentials: ACCESS_TOKEN_TTL,
+    AccessToken: ACCESS_TOKEN_TTL,
+  },
+  features: {
+    devInteractions: { enabled: false },
+    clientCredentials: { enabled: true },
+    introspection: {
+      enabled: true,
+      // Only the resource-server client may introspect.
+      allowedPolicy: (ctx, client) => INTROSPECTORS.has(client.clientId),
+    },
+    jwtIntrospection: { enabled: true },
+    mTLS: {
+      enabled: true,
+      certificateBoundAccessTokens: true,
+      tlsClientAuth: true,
+      selfSignedTlsClientAuth: true,
+      // Must return a PEM string or a crypto.X509Certificate (a raw DER Buffer is not accepted).
+      getCertificate: peerCertificate,
+      // The TLS layer verified the chain against trust.pem (rejectUnauthorized is off so that
+      // self-signed clients can connect): tls_client_auth requires that it succeeded.
+      certificateAuthorized: (ctx) => ctx.socket.authorized === true,
+      certificateSubjectMatches(ctx, property, expected) {
+        const cert = peerCertificate(ctx);
+        if (!cert) return false;
+        switch (property) {
+          case 'tls_client_auth_subject_dn': {
+            const got = parseNodeSubject(cert.subject);
+            const want = parseRfc4514(expected);
+            return got.length === want.length && got.every((v, i) => v === want[i]);
+          }
+          case 'tls_client_auth_san_dns':
+            return (cert.subjectAltName || '').split(', ').includes(`DNS:${expected}`);
+          default:
+            return false;
+        }
+      },
+    },
+  },
+});
+
+// Phantom token: Accept: application/jwt on the introspection endpoint. The provider's own
+// introspection (with its client authentication) runs unchanged; its JSON answer is then
+// turned into a signed JWT access token (RFC 9068 shape), or 204 when the token is inactive.
+const PHANTOM = 'application/jwt';
+provider.use(async (ctx, next) => {
+  if (ctx.method !== 'POST' || ctx.path !== ROUTES.introspection
+    || ctx.accepts('application/json', 'application/token-introspection+jwt', PHANTOM) !== PHANTOM) {
+    return next();
+  }
+  ctx.req.headers.accept = 'application/json';
+  await next();
+  if (ctx.status !== 200 || !ctx.body || typeof ctx.body !== 'object') return; // errors pass through
+
+  const info = ctx.body;
+  if (info.active !== true) {
+    ctx.body = null;
+    ctx.status = 204;
+    return;
+  }
+  const now = Math.floor(Date.now() / 1000);
+  // jti names the token without revealing it (the opaque value must never reach the API).
+  const jti = createHash('sha256').update(String(ctx.oidc.params.token)).digest('base64url').slice(0, 32);
+  const claims = {
+    client_id: info.client_id,
+    scope: info.scope,
+    cnf: info.cnf,
+  };
+  ctx.body = await new SignJWT(JSON.parse(JSON.stringify(claims)))
+    .setProtectedHeader({ alg: 'PS256', typ: 'at+jwt', kid: signingJwk.kid })
+    .setIssuer(provider.issuer)
+    .setAudience(PHANTOM_AUDIENCE)
+    .setSubject(String(info.sub ?? info.client_id))
+    .setIssuedAt(info.iat ?? now)
+    .setExpirationTime(info.exp)
+    .setJti(jti)
+    .sign(signingKey);
+  ctx.type = PHANTOM;
+});
+
+// Mount: /oauth/v2/* goes to the provider with the prefix stripped; discovery documents under the
+// issuer path are rewritten to the provider's fixed /.well-known routes.
+const callback = provider.callback();
+const server = createServer({
+  key: read('example.tls.key'),
+  cert: read('example.tls.pem'),
+  ca: read('trust.pem'),
+  requestCert: true,
+  rejectUnauthorized: false,
+}, (req, res) => {
+  const url = req.url || '/';
+  let inner;
+  if (url.startsWith(`${issuerPath}/.well-known/`)) {
+    inner = url.slice(issuerPath.length);
+  } else if (url.startsWith(`${MOUNT}/`)) {
+    inner = url.slice(MOUNT.length);
+  } else {
+    res.writeHead(404, { 'content-type': 'application/json' });
+    res.end('{"error":"not_found"}');
+    return;
+  }
+  req.originalUrl = MOUNT + inner; // oidc-provider derives its mount path from originalUrl vs url
+  req.url = inner;
+  callback(req, res);
+});
+
+// Log why a request failed (error_detail is not sent to the client); never the token or secret.
+provider.on('server_error', (ctx, err) => console.error('server_error', ctx.path, err));
+for (const event of ['grant.error', 'introspection.error', 'jwks.error', 'discovery.error']) {
+  provider.on(event, (ctx, err) => {
+    const client = ctx.oidc?.entities?.Client?.clientId ?? ctx.oidc?.params?.client_id ?? '-';
+    console.error(event, `client=${client}`, err.error, err.error_detail || err.error_description || '');
+  });
+}
+
+server.listen(PORT, HOST, () => {
+  const base = `https://${HOST}:${server.address().port}`;
+  console.log(`idsvr listening on ${base} issuer=${ISSUER}`);
+  console.log(`  token:         ${MOUNT}${ROUTES.token}`);
+  console.log(`  introspection: ${MOUNT}${ROUTES.introspection}`);
+  console.log(`  jwks:          ${MOUNT}${ROUTES.jwks}`);
+  console.log(`  discovery:     ${issuerPath}/.well-known/openid-configuration`);
+});
+
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.on(sig, () => { server.close(() => process.exit(0)); server.closeAllConnections(); });
+}

@@ -1,0 +1,161 @@
+//! RFC 8705 certificate thumbprints (`x5t#S256`): from Envoy's digest, from a PEM, from a token.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// The SHA-256 of a certificate's DER encoding.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Thumbprint(pub [u8; 32]);
+
+impl std::fmt::Debug for Thumbprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Thumbprint({})", self.to_x5t())
+    }
+}
+
+impl Thumbprint {
+    /// From Envoy's `connection.sha256_peer_certificate_digest`: 64 lower-case hex digits.
+    pub fn from_hex_digest(hex: &str) -> Option<Self> {
+        let bytes = hex.as_bytes();
+        if bytes.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in bytes.chunks_exact(2).enumerate() {
+            out[i] = (lower_hex(pair[0])? << 4) | lower_hex(pair[1])?;
+        }
+        Some(Thumbprint(out))
+    }
+
+    /// From Envoy's `connection.peer_certificate`: the PEM of the client certificate.
+    pub fn from_pem(pem: &str) -> Option<Self> {
+        use der::{DecodePem, Encode};
+        let cert = x509_cert::Certificate::from_pem(pem.as_bytes()).ok()?;
+        let der = cert.to_der().ok()?;
+        Some(Self::from_der(&der))
+    }
+
+    pub fn from_der(der: &[u8]) -> Self {
+        Thumbprint(Sha256::digest(der).into())
+    }
+
+    /// From a token's `cnf.x5t#S256`. Only the canonical form is accepted: 43 characters of
+    /// base64url without padding, whose unused trailing bits are zero.
+    pub fn from_x5t(x5t: &str) -> Option<Self> {
+        if x5t.len() != 43 {
+            return None;
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(x5t).ok()?;
+        let arr: [u8; 32] = bytes.try_into().ok()?;
+        let t = Thumbprint(arr);
+        // The decoder tolerates non-zero trailing bits; a re-encoding that differs is not canonical.
+        (t.to_x5t() == x5t).then_some(t)
+    }
+
+    pub fn to_x5t(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0)
+    }
+
+    /// Compares in constant time, so the comparison leaks nothing of the expected value.
+    pub fn matches(&self, other: &Thumbprint) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+fn lower_hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    // SHA-256("abc"), a value everyone can check.
+    const HEX: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+    const X5T: &str = "ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0";
+
+    #[test]
+    fn hex_digest_converts_to_base64url_without_padding() {
+        let t = Thumbprint::from_hex_digest(HEX).unwrap();
+        assert_eq!(t.to_x5t(), X5T);
+        assert_eq!(t, Thumbprint::from_der(b"abc"));
+        assert!(t.matches(&Thumbprint::from_x5t(X5T).unwrap()));
+    }
+
+    #[test]
+    fn malformed_hex_digests_are_rejected() {
+        let upper = HEX.to_uppercase();
+        let colons = HEX
+            .as_bytes()
+            .chunks(2)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join(":");
+        for bad in [&HEX[..62], &upper, &colons, "", &format!("{HEX}00"), &HEX.replace('b', "g")] {
+            assert!(Thumbprint::from_hex_digest(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_the_canonical_x5t_form_is_accepted() {
+        let std_b64 = "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0";
+        let padded = format!("{X5T}=");
+        // Same 32 bytes but the last character carries non-zero unused bits.
+        let non_canonical = "ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa1";
+        let table = [
+            (X5T, true),
+            (std_b64, false),
+            (padded.as_str(), false),
+            (&X5T[..42], false),
+            (non_canonical, false),
+            ("", false),
+            (HEX, false),
+        ];
+        for (input, ok) in table {
+            assert_eq!(Thumbprint::from_x5t(input).is_some(), ok, "{input}");
+        }
+    }
+
+    #[test]
+    fn different_thumbprints_do_not_match() {
+        let a = Thumbprint::from_der(b"a");
+        let b = Thumbprint::from_der(b"b");
+        assert!(!a.matches(&b));
+        assert!(a.matches(&a));
+    }
+
+    #[test]
+    fn pem_thumbprint_is_the_sha256_of_the_der() {
+        // A tiny self-signed certificate (ed25519), made once with `openssl req -x509 -newkey ed25519`.
+        let pem = "-----BEGIN CERTIFICATE-----
+MIIBfTCCAS+gAwIBAgIUZb6ILj12NGWQ750+aoyLcQhpjo4wBQYDK2VwMDQxFzAV
+BgNVBAMMDnBhcnRuZXItY2xpZW50MRkwFwYDVQQKDBBQYXJ0bmVyIE9uZSBUZXN0
+MB4XDTI2MTEyMzE4MDIxMVoXDTM2MTEyMDE4MDIxMVowNDEXMBUGA1UEAwwOcGFy
+dG5lci1jbGllbnQxGTAXBgNVBAoMEFBhcnRuZXIgT25lIFRlc3QwKjAFBgMrZXAD
+IQCRURvnUIRBeVrxCe5Nv170274Wm8JoNcTCWhw8IEEKgaNTMFEwHQYDVR0OBBYE
+FOze745hBgeZ/o75zGV2thb8jWtZMB8GA1UdIwQYMBaAFOze745hBgeZ/o75zGV2
+thb8jWtZMA8GA1UdEwEB/wQFMAMBAf8wBQYDK2VwA0EA5kh5gCiDIyqryNMG6wiX
+NFKqMD9VCE2i2sfucDL3zNEChusYnI27HQPaw0fyqNqD6aL1QjQRgLRH6/nSMOp9
+Ag==
+-----END CERTIFICATE-----
+";
+        let der: Vec<u8> = {
+            use base64::engine::general_purpose::STANDARD;
+            let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+            STANDARD.decode(body).unwrap()
+        };
+        let from_pem = Thumbprint::from_pem(pem);
+        assert_eq!(from_pem, Some(Thumbprint::from_der(&der)));
+        // What `openssl x509 -outform DER | openssl dgst -sha256 -binary | base64url` prints.
+        assert_eq!(from_pem.unwrap().to_x5t(), "wrl7Ls-BvGwSkRW9ti9YRePwLDjKlP1R-4KPWGXjDow");
+        assert!(Thumbprint::from_pem("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").is_none());
+        assert!(Thumbprint::from_pem("not a pem").is_none());
+    }
+}

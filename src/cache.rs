@@ -1,0 +1,389 @@
+//! The token cache: bounded entries in proxy shared data, keyed by a hash of the token.
+//!
+//! Shared data is never evicted by the host, so the cache bounds itself: a token hashes to two of
+//! `max_entries` fixed slots (two-choice hashing), and an insert reuses one of those two. However
+//! many distinct tokens arrive, at most `max_entries` keys exist. Time is always passed in.
+
+use crate::binding::Thumbprint;
+use sha2::{Digest, Sha256};
+
+/// The host's shared data, as the cache needs it. `cas` is the host's compare-and-swap token.
+pub trait SharedStore {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)>;
+    /// Returns false when the write lost a race (CAS mismatch) or failed.
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
+}
+
+/// SHA-256 over namespace, configuration fingerprint and token: the only form of the token kept.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct TokenKey(pub [u8; 32]);
+
+impl TokenKey {
+    pub fn new(namespace: &str, fingerprint: &str, token: &str) -> Self {
+        let mut h = Sha256::new();
+        for part in [namespace, fingerprint, token] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        TokenKey(h.finalize().into())
+    }
+
+    /// The two slots this key may live in.
+    fn slots(&self, max_entries: u32) -> [u32; 2] {
+        let a = u32::from_le_bytes([self.0[0], self.0[1], self.0[2], self.0[3]]);
+        let b = u32::from_le_bytes([self.0[4], self.0[5], self.0[6], self.0[7]]);
+        [a % max_entries, b % max_entries]
+    }
+}
+
+/// What is known about an active token once introspected and verified.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ActiveToken {
+    pub cnf: Option<Thumbprint>,
+    /// Space-separated, as in the token's `scope`.
+    pub scope: String,
+    pub client_id: Option<String>,
+    pub jti: Option<String>,
+    /// What the upstream receives as `Authorization: Bearer ...`; `None` keeps the client's token.
+    pub forward_jwt: Option<String>,
+    /// (lower-case header name, value) set on the upstream request.
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenState {
+    Active(ActiveToken),
+    Inactive,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: TokenKey,
+    /// Unix seconds; at or after this instant the entry is a miss.
+    pub expires_at: u64,
+    pub state: TokenState,
+}
+
+/// Unix time at which a positive entry expires: min(token exp, max-age, configured maximum).
+/// `None` when the token is already expired or the answer must not be cached.
+pub fn positive_expiry(now: u64, exp: Option<u64>, max_age: Option<u64>, max_ttl: u64) -> Option<u64> {
+    let mut ttl = max_ttl;
+    if let Some(exp) = exp {
+        ttl = ttl.min(exp.checked_sub(now)?);
+    }
+    if let Some(age) = max_age {
+        ttl = ttl.min(age);
+    }
+    (ttl > 0).then(|| now + ttl)
+}
+
+pub struct TokenCache<'a> {
+    pub namespace: &'a str,
+    pub fingerprint: &'a str,
+    pub max_entries: u32,
+}
+
+impl TokenCache<'_> {
+    fn slot_key(&self, slot: u32) -> String {
+        format!("{}/{}/token/{slot}", self.namespace, self.fingerprint)
+    }
+
+    /// The live entry for `key`, if any.
+    pub fn lookup(&self, store: &dyn SharedStore, key: &TokenKey, now: u64) -> Option<Entry> {
+        key.slots(self.max_entries).into_iter().find_map(|slot| {
+            let (bytes, _) = store.get(&self.slot_key(slot))?;
+            let entry = decode(&bytes)?;
+            (entry.key == *key && entry.expires_at > now).then_some(entry)
+        })
+    }
+
+    /// Stores `entry` in one of its two slots: the one it already holds, else a free or expired
+    /// one, else the one whose occupant expires first. Losing a race to another worker is fine.
+    pub fn insert(&self, store: &dyn SharedStore, entry: &Entry, now: u64) {
+        let mut best: Option<(u64, String, Option<u32>)> = None;
+        for slot in entry.key.slots(self.max_entries) {
+            let key = self.slot_key(slot);
+            let (rank, cas) = match store.get(&key) {
+                None => (0, None),
+                Some((bytes, cas)) => match decode(&bytes) {
+                    Some(old) if old.key == entry.key => (0, cas),
+                    Some(old) if old.expires_at > now => (old.expires_at, cas),
+                    _ => (0, cas),
+                },
+            };
+            if best.as_ref().is_none_or(|(r, _, _)| rank < *r) {
+                best = Some((rank, key, cas));
+            }
+        }
+        if let Some((_, key, cas)) = best {
+            store.set(&key, &encode(entry), cas);
+        }
+    }
+}
+
+// ---- a compact binary encoding: a cache hit decodes it on every request ----
+
+const VERSION: u8 = 1;
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_opt(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => {
+            out.push(1);
+            put_str(out, s);
+        }
+        None => out.push(0),
+    }
+}
+
+pub fn encode(e: &Entry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.push(VERSION);
+    out.extend_from_slice(&e.key.0);
+    out.extend_from_slice(&e.expires_at.to_le_bytes());
+    match &e.state {
+        TokenState::Inactive => out.push(0),
+        TokenState::Active(t) => {
+            out.push(1);
+            match &t.cnf {
+                Some(c) => {
+                    out.push(1);
+                    out.extend_from_slice(&c.0);
+                }
+                None => out.push(0),
+            }
+            put_str(&mut out, &t.scope);
+            put_opt(&mut out, t.client_id.as_deref());
+            put_opt(&mut out, t.jti.as_deref());
+            put_opt(&mut out, t.forward_jwt.as_deref());
+            out.extend_from_slice(&(t.headers.len() as u32).to_le_bytes());
+            for (name, value) in &t.headers {
+                put_str(&mut out, name);
+                put_str(&mut out, value);
+            }
+        }
+    }
+    out
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+    fn byte(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N)?.try_into().ok()
+    }
+    fn string(&mut self) -> Option<String> {
+        let len = u32::from_le_bytes(self.array()?) as usize;
+        String::from_utf8(self.take(len)?.to_vec()).ok()
+    }
+    fn opt(&mut self) -> Option<Option<String>> {
+        match self.byte()? {
+            0 => Some(None),
+            1 => Some(Some(self.string()?)),
+            _ => None,
+        }
+    }
+}
+
+/// `None` for anything that is not a well-formed entry of this version: a miss, never a panic.
+pub fn decode(bytes: &[u8]) -> Option<Entry> {
+    let mut r = Reader(bytes);
+    if r.byte()? != VERSION {
+        return None;
+    }
+    let key = TokenKey(r.array()?);
+    let expires_at = u64::from_le_bytes(r.array()?);
+    let state = match r.byte()? {
+        0 => TokenState::Inactive,
+        1 => {
+            let cnf = match r.byte()? {
+                0 => None,
+                1 => Some(Thumbprint(r.array()?)),
+                _ => return None,
+            };
+            let scope = r.string()?;
+            let client_id = r.opt()?;
+            let jti = r.opt()?;
+            let forward_jwt = r.opt()?;
+            let count = u32::from_le_bytes(r.array()?) as usize;
+            let mut headers = Vec::with_capacity(count.min(16));
+            for _ in 0..count {
+                headers.push((r.string()?, r.string()?));
+            }
+            TokenState::Active(ActiveToken { cnf, scope, client_id, jti, forward_jwt, headers })
+        }
+        _ => return None,
+    };
+    r.0.is_empty().then_some(Entry { key, expires_at, state })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    #[derive(Default)]
+    struct MemoryStore(RefCell<HashMap<String, (Vec<u8>, u32)>>);
+
+    impl SharedStore for MemoryStore {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
+            self.0.borrow().get(key).map(|(v, cas)| (v.clone(), Some(*cas)))
+        }
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+            let mut map = self.0.borrow_mut();
+            let current = map.get(key).map(|(_, c)| *c);
+            if cas.is_some() && cas != current {
+                return false;
+            }
+            map.insert(key.to_string(), (value.to_vec(), current.unwrap_or(0) + 1));
+            true
+        }
+    }
+
+    fn cache(max_entries: u32) -> TokenCache<'static> {
+        TokenCache { namespace: "certbound", fingerprint: "0011223344556677", max_entries }
+    }
+
+    fn active(token: &str, expires_at: u64) -> Entry {
+        Entry {
+            key: TokenKey::new("certbound", "0011223344556677", token),
+            expires_at,
+            state: TokenState::Active(ActiveToken {
+                cnf: Some(Thumbprint([7; 32])),
+                scope: "transactions read".into(),
+                client_id: Some("partner-client".into()),
+                jti: Some("j-1".into()),
+                forward_jwt: Some("eyJ.eyJ.sig".into()),
+                headers: vec![("x-certbound-client-id".into(), "partner-client".into())],
+            }),
+        }
+    }
+
+    #[test]
+    fn entries_round_trip_through_the_encoding() {
+        let e = active("tok", 1000);
+        assert_eq!(decode(&encode(&e)), Some(e));
+        let inactive = Entry { key: TokenKey([1; 32]), expires_at: 5, state: TokenState::Inactive };
+        assert_eq!(decode(&encode(&inactive)), Some(inactive));
+        let bytes = encode(&active("tok", 1000));
+        for cut in 0..bytes.len() {
+            assert_eq!(decode(&bytes[..cut]), None, "truncated at {cut}");
+        }
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert_eq!(decode(&extra), None);
+        let mut other_version = bytes;
+        other_version[0] = 9;
+        assert_eq!(decode(&other_version), None);
+    }
+
+    #[test]
+    fn the_key_hides_the_token_and_depends_on_namespace_and_fingerprint() {
+        let a = TokenKey::new("certbound", "fp", "secret-token");
+        assert_ne!(a, TokenKey::new("other", "fp", "secret-token"));
+        assert_ne!(a, TokenKey::new("certbound", "fp2", "secret-token"));
+        assert_ne!(a, TokenKey::new("certbound", "fp", "secret-token2"));
+        // Length prefixes keep ("ab","c") and ("a","bc") apart.
+        assert_ne!(TokenKey::new("ab", "c", "t"), TokenKey::new("a", "bc", "t"));
+        let store = MemoryStore::default();
+        cache(16).insert(&store, &active("secret-token", 100), 0);
+        for (k, (v, _)) in store.0.borrow().iter() {
+            assert!(!k.contains("secret-token"));
+            assert!(!v.windows(12).any(|w| w == b"secret-token"));
+        }
+    }
+
+    #[test]
+    fn a_stored_entry_is_a_hit_until_it_expires() {
+        let store = MemoryStore::default();
+        let c = cache(100);
+        let e = active("tok", 1000);
+        assert_eq!(c.lookup(&store, &e.key, 0), None);
+        c.insert(&store, &e, 0);
+        assert_eq!(c.lookup(&store, &e.key, 999), Some(e.clone()));
+        assert_eq!(c.lookup(&store, &e.key, 1000), None);
+        assert_eq!(c.lookup(&store, &TokenKey::new("certbound", "x", "tok"), 0), None);
+    }
+
+    #[test]
+    fn memory_stays_bounded_however_many_tokens_arrive() {
+        let store = MemoryStore::default();
+        let c = cache(64);
+        for i in 0..10_000 {
+            c.insert(&store, &active(&format!("token-{i}"), 1_000_000), 0);
+        }
+        assert!(store.0.borrow().len() <= 64);
+        // Recently inserted tokens are still found.
+        let last = active("token-9999", 1_000_000);
+        assert_eq!(c.lookup(&store, &last.key, 1), Some(last));
+    }
+
+    #[test]
+    fn two_choices_keep_a_working_set_that_fits() {
+        // 300 tokens in 10 000 slots: with two choices, all stay cached.
+        let store = MemoryStore::default();
+        let c = cache(10_000);
+        let entries: Vec<Entry> = (0..300).map(|i| active(&format!("t{i}"), 500)).collect();
+        for e in &entries {
+            c.insert(&store, e, 0);
+        }
+        let hits = entries.iter().filter(|e| c.lookup(&store, &e.key, 1).is_some()).count();
+        assert_eq!(hits, 300);
+    }
+
+    #[test]
+    fn an_insert_replaces_the_occupant_that_expires_first() {
+        let store = MemoryStore::default();
+        let c = cache(1); // both choices are slot 0
+        c.insert(&store, &active("a", 100), 0);
+        c.insert(&store, &active("b", 50), 0);
+        let b = active("b", 50);
+        assert_eq!(c.lookup(&store, &b.key, 0), Some(b));
+        assert_eq!(c.lookup(&store, &active("a", 100).key, 0), None);
+    }
+
+    #[test]
+    fn corrupt_slots_are_misses_and_get_overwritten() {
+        let store = MemoryStore::default();
+        let c = cache(1);
+        store.set(&c.slot_key(0), b"garbage", None);
+        let e = active("a", 100);
+        assert_eq!(c.lookup(&store, &e.key, 0), None);
+        c.insert(&store, &e, 0);
+        assert_eq!(c.lookup(&store, &e.key, 0), Some(e));
+    }
+
+    #[test]
+    fn positive_expiry_is_the_smallest_bound() {
+        let table = [
+            // now, exp, max-age, max_ttl, expected
+            (100, Some(400), None, 300, Some(400)),
+            (100, Some(150), None, 300, Some(150)),
+            (100, Some(400), Some(20), 300, Some(120)),
+            (100, None, None, 300, Some(400)),
+            (100, Some(100), None, 300, None),
+            (100, Some(50), None, 300, None),
+            (100, Some(400), Some(0), 300, None),
+        ];
+        for (now, exp, age, max, expected) in table {
+            assert_eq!(positive_expiry(now, exp, age, max), expected, "{now} {exp:?} {age:?} {max}");
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! The introspection call: building the request, classifying the answer in each of the three
+//! formats, and turning trusted RFC 7662 members into a cache entry.
+
+use crate::binding::Thumbprint;
+use crate::cache::{positive_expiry, ActiveToken, Entry, TokenKey, TokenState};
+use crate::config::{Config, Format, Introspection};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde_json::{Map, Value};
+
+/// Headers and body of the introspection request (RFC 7662 section 2.1, `client_secret_basic`).
+pub fn request(cfg: &Introspection, token: &str) -> (Vec<(&'static str, String)>, Vec<u8>) {
+    // RFC 6749 section 2.3.1: id and secret are form-urlencoded before the Basic encoding.
+    let credentials = format!(
+        "{}:{}",
+        form_urlencode(&cfg.client_id),
+        form_urlencode(&cfg.client_secret)
+    );
+    let headers = vec![
+        (":method", "POST".to_string()),
+        (":path", cfg.endpoint.path.clone()),
+        (":authority", cfg.endpoint.authority.clone()),
+        ("content-type", "application/x-www-form-urlencoded".to_string()),
+        ("accept", cfg.format.accept().to_string()),
+        ("authorization", format!("Basic {}", STANDARD.encode(credentials))),
+    ];
+    let body = format!("token={}&token_type_hint=access_token", form_urlencode(token));
+    (headers, body.into_bytes())
+}
+
+fn form_urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => out.push(b as char),
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// What the identity server said, before any JWT in it is verified.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Inactive,
+    /// RFC 7662 members of an active token, received over the trusted channel (`json`).
+    Members(Map<String, Value>),
+    /// A JWT that must be verified before anything in it is read.
+    Jwt(String),
+}
+
+/// Why no answer can be used. Never cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The identity server could not answer: 503.
+    Unavailable(&'static str),
+    /// It answered something unusable: 502.
+    Bad(&'static str),
+}
+
+/// Classifies an introspection answer. `status` is `None` when the call itself failed.
+pub fn classify(format: Format, status: Option<u16>, body: &[u8]) -> Result<Answer, Failure> {
+    match status {
+        None => return Err(Failure::Unavailable("the identity server could not be reached")),
+        Some(401 | 403) => {
+            return Err(Failure::Unavailable("the identity server refused the introspection client"))
+        }
+        Some(500..=599) => return Err(Failure::Unavailable("the identity server failed")),
+        Some(204) if format == Format::Jwt => return Ok(Answer::Inactive),
+        Some(200) => {}
+        Some(_) => return Err(Failure::Bad("the introspection answer has an unexpected status")),
+    }
+    match format {
+        Format::Json => {
+            let members: Map<String, Value> = serde_json::from_slice(body)
+                .map_err(|_| Failure::Bad("the introspection answer is not a JSON object"))?;
+            active_members(members)
+        }
+        Format::Jwt if body.iter().all(u8::is_ascii_whitespace) => Ok(Answer::Inactive),
+        Format::Jwt | Format::IntrospectionJwt => {
+            let text = std::str::from_utf8(body)
+                .map_err(|_| Failure::Bad("the introspection answer is not a JWT"))?
+                .trim();
+            if text.split('.').count() != 3 || text.bytes().any(|b| !b.is_ascii_graphic()) {
+                return Err(Failure::Bad("the introspection answer is not a JWT"));
+            }
+            Ok(Answer::Jwt(text.to_string()))
+        }
+    }
+}
+
+/// RFC 7662: the token is active only if `active` is the boolean `true`.
+pub fn active_members(members: Map<String, Value>) -> Result<Answer, Failure> {
+    match members.get("active") {
+        Some(Value::Bool(true)) => Ok(Answer::Members(members)),
+        Some(Value::Bool(false)) => Ok(Answer::Inactive),
+        _ => Err(Failure::Bad("the introspection answer has no boolean active")),
+    }
+}
+
+/// The RFC 7662 members inside a verified JWT: the JWT's own claims for the phantom token,
+/// the `token_introspection` claim for RFC 9701.
+pub fn members_of_verified_jwt(format: Format, claims: Map<String, Value>) -> Result<Answer, Failure> {
+    match format {
+        Format::IntrospectionJwt => match claims.get("token_introspection") {
+            Some(Value::Object(m)) => active_members(m.clone()),
+            _ => Err(Failure::Bad("the introspection JWT has no token_introspection object")),
+        },
+        _ => {
+            if !claims.get("exp").is_some_and(Value::is_u64) {
+                return Err(Failure::Bad("the access token JWT has no exp"));
+            }
+            Ok(Answer::Members(claims))
+        }
+    }
+}
+
+/// `max-age` of a `Cache-Control` header; `no-store` and `no-cache` mean zero.
+pub fn max_age(cache_control: Option<&str>) -> Option<u64> {
+    let mut age = None;
+    for directive in cache_control?.split(',') {
+        let d = directive.trim().to_ascii_lowercase();
+        if d == "no-store" || d == "no-cache" {
+            return Some(0);
+        }
+        if let Some(v) = d.strip_prefix("max-age=") {
+            age = v.trim_matches('"').parse().ok();
+        }
+    }
+    age
+}
+
+/// The negative entry for an inactive token.
+pub fn inactive_entry(key: TokenKey, now: u64, cfg: &Config) -> Entry {
+    Entry { key, expires_at: now + cfg.cache.negative_ttl_seconds, state: TokenState::Inactive }
+}
+
+/// The cache entry for an active token's trusted members. An `exp` in the past makes it inactive.
+/// When the entry must not be cached (`max-age=0`), `expires_at` is `now`.
+pub fn entry_from_members(
+    members: &Map<String, Value>,
+    key: TokenKey,
+    now: u64,
+    forward_jwt: Option<String>,
+    max_age: Option<u64>,
+    cfg: &Config,
+) -> Result<Entry, Failure> {
+    let exp = match members.get("exp") {
+        None => None,
+        Some(v) => Some(v.as_u64().ok_or(Failure::Bad("exp is not a number"))?),
+    };
+    if exp.is_some_and(|e| e <= now) {
+        return Ok(inactive_entry(key, now, cfg));
+    }
+    let cnf = match members.get("cnf") {
+        None => None,
+        Some(cnf) => match cnf.get("x5t#S256") {
+            None => None,
+            Some(Value::String(x5t)) => Some(
+                Thumbprint::from_x5t(x5t).ok_or(Failure::Bad("cnf.x5t#S256 is not canonical"))?,
+            ),
+            Some(_) => return Err(Failure::Bad("cnf.x5t#S256 is not a string")),
+        },
+    };
+    let text = |name: &str| members.get(name).and_then(Value::as_str).map(str::to_string);
+    let headers = cfg
+        .claim_headers
+        .iter()
+        .filter_map(|(claim, header)| {
+            let value = match members.get(claim)? {
+                Value::Null => return None,
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            // A value a header cannot carry is left out rather than mangled.
+            let printable = value.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
+            printable.then(|| (header.clone(), value))
+        })
+        .collect();
+    let expires_at = positive_expiry(now, exp, max_age, cfg.cache.max_ttl_seconds).unwrap_or(now);
+    Ok(Entry {
+        key,
+        expires_at,
+        state: TokenState::Active(ActiveToken {
+            cnf,
+            scope: text("scope").unwrap_or_default(),
+            client_id: text("client_id"),
+            jti: text("jti"),
+            forward_jwt,
+            headers,
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use serde_json::json;
+
+    fn config(format: &str) -> Config {
+        let mut v = crate::config::tests::minimal(format);
+        v["claim_headers"] = json!({"client_id": "x-client-id", "sub": "x-subject", "n": "x-n", "bad": "x-bad"});
+        crate::config::parse(v.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn the_request_is_form_encoded_with_basic_client_authentication() {
+        let mut cfg = config("jwt").introspection;
+        cfg.client_secret = "p@ss word:1".into();
+        let (headers, body) = request(&cfg, "abc+/=");
+        let get = |n: &str| headers.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
+        assert_eq!(get(":method"), Some("POST"));
+        assert_eq!(get(":path"), Some("/introspect"));
+        assert_eq!(get(":authority"), Some("login.example.com"));
+        assert_eq!(get("content-type"), Some("application/x-www-form-urlencoded"));
+        assert_eq!(get("accept"), Some("application/jwt"));
+        // base64("introspect-client:p%40ss+word%3A1")
+        assert_eq!(get("authorization"), Some("Basic aW50cm9zcGVjdC1jbGllbnQ6cCU0MHNzK3dvcmQlM0Ex"));
+        assert_eq!(body, b"token=abc%2B%2F%3D&token_type_hint=access_token");
+    }
+
+    #[test]
+    fn answers_are_classified_per_format() {
+        use Answer::*;
+        use Failure::*;
+        let active = br#"{"active":true,"scope":"a"}"#;
+        let jwt = b"aaa.bbb.ccc";
+        let table: Vec<(Format, Option<u16>, &[u8], Result<Answer, Failure>)> = vec![
+            (Format::Json, Some(200), active, Ok(Members(serde_json::from_slice(active).unwrap()))),
+            (Format::Json, Some(200), br#"{"active":false}"#, Ok(Inactive)),
+            (Format::Json, Some(200), br#"{"active":"true"}"#, Err(Bad("the introspection answer has no boolean active"))),
+            (Format::Json, Some(200), br#"{"scope":"a"}"#, Err(Bad("the introspection answer has no boolean active"))),
+            (Format::Json, Some(200), b"<html>", Err(Bad("the introspection answer is not a JSON object"))),
+            (Format::Json, Some(200), b"[true]", Err(Bad("the introspection answer is not a JSON object"))),
+            (Format::Json, Some(204), b"", Err(Bad("the introspection answer has an unexpected status"))),
+            (Format::Json, None, b"", Err(Unavailable("the identity server could not be reached"))),
+            (Format::Json, Some(401), b"", Err(Unavailable("the identity server refused the introspection client"))),
+            (Format::Json, Some(403), b"", Err(Unavailable("the identity server refused the introspection client"))),
+            (Format::Json, Some(500), b"", Err(Unavailable("the identity server failed"))),
+            (Format::Json, Some(504), b"", Err(Unavailable("the identity server failed"))),
+            (Format::Json, Some(404), b"", Err(Bad("the introspection answer has an unexpected status"))),
+            (Format::Jwt, Some(200), jwt, Ok(Jwt("aaa.bbb.ccc".into()))),
+            (Format::Jwt, Some(200), b"aaa.bbb.ccc\n", Ok(Jwt("aaa.bbb.ccc".into()))),
+            (Format::Jwt, Some(204), b"", Ok(Inactive)),
+            (Format::Jwt, Some(200), b"", Ok(Inactive)),
+            (Format::Jwt, Some(200), b"garbage", Err(Bad("the introspection answer is not a JWT"))),
+            (Format::Jwt, Some(200), b"a.b c.d", Err(Bad("the introspection answer is not a JWT"))),
+            (Format::Jwt, Some(200), &[0xff, b'.', b'.'], Err(Bad("the introspection answer is not a JWT"))),
+            (Format::IntrospectionJwt, Some(200), jwt, Ok(Jwt("aaa.bbb.ccc".into()))),
+            (Format::IntrospectionJwt, Some(204), b"", Err(Bad("the introspection answer has an unexpected status"))),
+            (Format::IntrospectionJwt, Some(200), b"", Err(Bad("the introspection answer is not a JWT"))),
+        ];
+        for (format, status, body, expected) in table {
+            assert_eq!(classify(format, status, body), expected, "{format:?} {status:?} {}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn verified_jwt_claims_yield_members_per_format() {
+        let m = |v: Value| v.as_object().unwrap().clone();
+        let rfc9701 = m(json!({"iss": "x", "token_introspection": {"active": true, "scope": "s"}}));
+        assert_eq!(
+            members_of_verified_jwt(Format::IntrospectionJwt, rfc9701),
+            Ok(Answer::Members(m(json!({"active": true, "scope": "s"}))))
+        );
+        let inactive = m(json!({"token_introspection": {"active": false}}));
+        assert_eq!(members_of_verified_jwt(Format::IntrospectionJwt, inactive), Ok(Answer::Inactive));
+        assert!(members_of_verified_jwt(Format::IntrospectionJwt, m(json!({"active": true}))).is_err());
+        let at = m(json!({"exp": 5, "scope": "s"}));
+        assert_eq!(members_of_verified_jwt(Format::Jwt, at.clone()), Ok(Answer::Members(at)));
+        assert_eq!(
+            members_of_verified_jwt(Format::Jwt, m(json!({"scope": "s"}))),
+            Err(Failure::Bad("the access token JWT has no exp"))
+        );
+    }
+
+    #[test]
+    fn cache_control_max_age() {
+        let table = [
+            (None, None),
+            (Some("max-age=30"), Some(30)),
+            (Some("public, Max-Age=12"), Some(12)),
+            (Some("no-store"), Some(0)),
+            (Some("max-age=30, no-cache"), Some(0)),
+            (Some("max-age=x"), None),
+            (Some("private"), None),
+        ];
+        for (header, expected) in table {
+            assert_eq!(max_age(header), expected, "{header:?}");
+        }
+    }
+
+    #[test]
+    fn members_become_an_entry() {
+        let cfg = config("json");
+        let key = TokenKey([1; 32]);
+        let x5t = "ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0";
+        let members = json!({"active": true, "exp": 1300, "scope": "transactions read", "client_id": "partner-client",
+            "sub": "s1", "n": 5, "bad": "a\r\nb", "jti": "j", "cnf": {"x5t#S256": x5t}});
+        let e = entry_from_members(members.as_object().unwrap(), key, 1000, Some("jwt".into()), None, &cfg).unwrap();
+        assert_eq!(e.expires_at, 1300);
+        let TokenState::Active(t) = e.state else { panic!("inactive") };
+        assert_eq!(t.cnf, Thumbprint::from_x5t(x5t));
+        assert_eq!(t.scope, "transactions read");
+        assert_eq!(t.client_id.as_deref(), Some("partner-client"));
+        assert_eq!(t.jti.as_deref(), Some("j"));
+        assert_eq!(t.forward_jwt.as_deref(), Some("jwt"));
+        assert_eq!(
+            t.headers,
+            vec![("x-client-id".to_string(), "partner-client".to_string()), ("x-n".into(), "5".into()), ("x-subject".into(), "s1".into())]
+        );
+    }
+
+    #[test]
+    fn entry_lifetime_and_bad_members() {
+        let cfg = config("json");
+        let key = TokenKey([1; 32]);
+        let entry = |v: Value, age: Option<u64>| entry_from_members(v.as_object().unwrap(), key, 1000, None, age, &cfg);
+        // Capped by max_ttl (300), by max-age, expired → inactive, no-store → not cacheable.
+        assert_eq!(entry(json!({"exp": 99999}), None).unwrap().expires_at, 1300);
+        assert_eq!(entry(json!({"exp": 99999}), Some(20)).unwrap().expires_at, 1020);
+        assert_eq!(entry(json!({"exp": 1000}), None).unwrap().state, TokenState::Inactive);
+        assert_eq!(entry(json!({"exp": 1000}), None).unwrap().expires_at, 1010);
+        assert_eq!(entry(json!({"exp": 99999}), Some(0)).unwrap().expires_at, 1000);
+        assert_eq!(entry(json!({"exp": "soon"}), None), Err(Failure::Bad("exp is not a number")));
+        let padded = json!({"cnf": {"x5t#S256": "ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0="}});
+        assert_eq!(entry(padded, None), Err(Failure::Bad("cnf.x5t#S256 is not canonical")));
+        assert_eq!(entry(json!({"cnf": {"x5t#S256": 5}}), None), Err(Failure::Bad("cnf.x5t#S256 is not a string")));
+        let TokenState::Active(t) = entry(json!({"cnf": {}}), None).unwrap().state else { panic!() };
+        assert_eq!(t.cnf, None);
+    }
+}

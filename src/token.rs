@@ -1,0 +1,87 @@
+//! Reading the bearer token from `Authorization`, strictly as RFC 6750 section 2.1 writes it.
+
+/// Why no token could be taken from the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    /// No `Authorization` header, or one of another scheme: answered with a bare challenge.
+    Missing,
+    /// The header is there but is not one valid bearer credential.
+    Malformed(&'static str),
+}
+
+/// The bearer token of a request whose `Authorization` values are `values`
+/// (every header of that name, in order).
+pub fn bearer_token<'a>(values: &[&'a str], max_length: usize) -> Result<&'a str, TokenError> {
+    let value = match values {
+        [] => return Err(TokenError::Missing),
+        [one] => *one,
+        _ => return Err(TokenError::Malformed("several Authorization headers")),
+    };
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("Bearer") {
+        return Err(TokenError::Missing);
+    }
+    let token = rest.trim_start_matches(' ');
+    if token.is_empty() {
+        return Err(TokenError::Malformed("the bearer token is empty"));
+    }
+    if token.len() > max_length {
+        return Err(TokenError::Malformed("the bearer token is too long"));
+    }
+    if !is_b64token(token) {
+        return Err(TokenError::Malformed("the bearer token is not a b64token"));
+    }
+    Ok(token)
+}
+
+/// `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`
+fn is_b64token(s: &str) -> bool {
+    let body = s.trim_end_matches('=');
+    !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use TokenError::*;
+
+    #[test]
+    fn authorization_is_parsed_strictly() {
+        let long = format!("Bearer {}", "a".repeat(21));
+        let table: Vec<(Vec<&str>, Result<&str, TokenError>)> = vec![
+            (vec!["Bearer abc.DEF-_~+/=="], Ok("abc.DEF-_~+/==")),
+            (vec!["bearer abc"], Ok("abc")),
+            (vec!["BEARER abc"], Ok("abc")),
+            (vec!["Bearer   abc"], Ok("abc")),
+            (vec![], Err(Missing)),
+            (vec!["Basic dXNlcjpwYXNz"], Err(Missing)),
+            (vec!["Bearerabc"], Err(Missing)),
+            (vec!["Bearer"], Err(Malformed("the bearer token is empty"))),
+            (vec!["Bearer "], Err(Malformed("the bearer token is empty"))),
+            (vec!["Bearer a b"], Err(Malformed("the bearer token is not a b64token"))),
+            (vec!["Bearer a,b"], Err(Malformed("the bearer token is not a b64token"))),
+            (vec!["Bearer ==="], Err(Malformed("the bearer token is not a b64token"))),
+            (vec!["Bearer a=b"], Err(Malformed("the bearer token is not a b64token"))),
+            (vec!["Bearer \"abc\""], Err(Malformed("the bearer token is not a b64token"))),
+            (vec!["Bearer abc\t"], Err(Malformed("the bearer token is not a b64token"))),
+            (vec!["Bearer äbc"], Err(Malformed("the bearer token is not a b64token"))),
+            (vec![long.as_str()], Err(Malformed("the bearer token is too long"))),
+            (vec!["Bearer a", "Bearer a"], Err(Malformed("several Authorization headers"))),
+            (vec!["Bearer a", "Basic b"], Err(Malformed("several Authorization headers"))),
+        ];
+        for (values, expected) in table {
+            assert_eq!(bearer_token(&values, 20), expected, "{values:?}");
+        }
+    }
+
+    #[test]
+    fn a_token_of_exactly_the_maximum_length_is_accepted() {
+        let token = "t".repeat(4096);
+        let header = format!("Bearer {token}");
+        assert_eq!(bearer_token(&[header.as_str()], 4096), Ok(token.as_str()));
+    }
+}

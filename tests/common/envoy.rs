@@ -1,0 +1,306 @@
+//! A real Envoy process per test: generated config, readiness wait, log capture, kill on drop.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::{certs_dir, envoy_bin, free_port, wasm_path};
+
+/// How long Envoy may take to become ready (V8 compiles the module on a loaded 2-core machine).
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub struct EnvoyOpts {
+    /// The filter JSON; `None` leaves the wasm filter out of the chain.
+    pub filter: Option<Value>,
+    pub introspection_port: u16,
+    pub upstream_port: u16,
+    pub wasm: PathBuf,
+}
+
+impl EnvoyOpts {
+    pub fn new(filter: Value, introspection_port: u16, upstream_port: u16) -> Self {
+        EnvoyOpts { filter: Some(filter), introspection_port, upstream_port, wasm: wasm_path() }
+    }
+
+    pub fn without_filter(introspection_port: u16, upstream_port: u16) -> Self {
+        EnvoyOpts { filter: None, introspection_port, upstream_port, wasm: wasm_path() }
+    }
+}
+
+/// Why Envoy did not become ready, with its log.
+#[derive(Debug)]
+pub struct StartError {
+    pub message: String,
+    pub log: String,
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}\n--- envoy log ---\n{}", self.message, self.log)
+    }
+}
+
+/// Kills the child process when dropped.
+struct ProcessGuard(Child);
+
+impl Drop for ProcessGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub struct Envoy {
+    // Field order matters: the process dies before its directory is removed.
+    process: ProcessGuard,
+    dir: PathBuf,
+    pub listener_port: u16,
+    pub admin_port: u16,
+}
+
+impl Envoy {
+    /// Starts Envoy and waits for admin `/ready` to say LIVE; retries on a port race.
+    pub fn start(opts: &EnvoyOpts) -> Result<Envoy, StartError> {
+        let mut last = None;
+        for _ in 0..3 {
+            match Self::start_once(opts) {
+                Ok(e) => return Ok(e),
+                Err(e) if e.log.contains("ddress already in use") => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    fn start_once(opts: &EnvoyOpts) -> Result<Envoy, StartError> {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "certbound-test-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create temp dir");
+        let listener_port = free_port();
+        let admin_port = free_port();
+        let config = bootstrap(opts, listener_port, admin_port);
+        let config_path = dir.join("envoy.yaml");
+        fs::write(&config_path, serde_json::to_string_pretty(&config).expect("json"))
+            .expect("write envoy config");
+        let log_path = dir.join("envoy.log");
+        let log = File::create(&log_path).expect("create envoy log");
+        let child = Command::new(envoy_bin())
+            .arg("-c")
+            .arg(&config_path)
+            .args(["--concurrency", "1", "--log-level", "warn"])
+            .args(["--component-log-level", "wasm:info"])
+            .arg("--disable-hot-restart")
+            .args(["--base-id", &admin_port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .map_err(|e| StartError {
+                message: format!("cannot run {}: {e}", envoy_bin().display()),
+                log: String::new(),
+            })?;
+        let mut envoy = Envoy { process: ProcessGuard(child), dir, listener_port, admin_port };
+        match envoy.wait_ready() {
+            Ok(()) => Ok(envoy),
+            Err(message) => {
+                // Stop it before reading the log, so the log is complete.
+                let _ = envoy.process.0.kill();
+                let _ = envoy.process.0.wait();
+                Err(StartError { message, log: envoy.log() })
+            }
+        }
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let admin = admin_client();
+        let url = format!("http://127.0.0.1:{}/ready", self.admin_port);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = self.process.0.try_wait() {
+                return Err(format!("envoy exited early with {status}"));
+            }
+            if let Ok(resp) = admin.get(&url).send() {
+                if resp.text().unwrap_or_default().trim() == "LIVE" {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("envoy not ready after {READY_TIMEOUT:?}"));
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.process.0.try_wait(), Ok(None))
+    }
+
+    /// Everything Envoy wrote to stdout/stderr so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `https://api.example.com:<listener>/<path>` (the clients resolve the name to 127.0.0.1).
+    pub fn url(&self, path: &str) -> String {
+        format!("https://api.example.com:{}{}", self.listener_port, path)
+    }
+
+    /// A client presenting `CERTS_DIR/<cert_name>.pem` / `.key`.
+    pub fn client(&self, cert_name: &str) -> reqwest::blocking::Client {
+        super::client(self.listener_port, Some(cert_name))
+    }
+
+    /// A client without any client certificate.
+    pub fn client_without_cert(&self) -> reqwest::blocking::Client {
+        super::client(self.listener_port, None)
+    }
+
+    /// `GET /stats?filter=certbound` as name → value.
+    pub fn stats(&self) -> HashMap<String, u64> {
+        super::stats(self.admin_port)
+    }
+
+    /// The certbound counter whose name ends with `suffix` (e.g. `certbound.cache_hits`), 0 if absent.
+    pub fn counter(&self, suffix: &str) -> u64 {
+        super::counter(&self.stats(), suffix)
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.process.0.kill();
+        let _ = self.process.0.wait();
+        if thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!(
+                "--- envoy log (last {} lines; config and log kept in {}) ---",
+                tail.len(),
+                self.dir.display()
+            );
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub(crate) fn admin_client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("admin client")
+}
+
+fn static_cluster(name: &str, port: u16) -> Value {
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": "127.0.0.1", "port_value": port}
+            }}}]}]
+        }
+    })
+}
+
+/// The bootstrap (JSON, which Envoy reads as YAML): one mTLS listener, the filter, two clusters.
+fn bootstrap(opts: &EnvoyOpts, listener_port: u16, admin_port: u16) -> Value {
+    let certs = certs_dir();
+    let file = |name: &str| json!({"filename": certs.join(name).display().to_string()});
+    let mut http_filters = Vec::new();
+    if let Some(filter) = &opts.filter {
+        http_filters.push(json!({
+            "name": "envoy.filters.http.wasm",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": "certbound",
+                    "root_id": "certbound",
+                    "vm_config": {
+                        "vm_id": "certbound",
+                        "runtime": "envoy.wasm.runtime.v8",
+                        "code": {"local": {"filename": opts.wasm.display().to_string()}}
+                    },
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": filter.to_string()
+                    },
+                    "fail_open": false
+                }
+            }
+        }));
+    }
+    http_filters.push(json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+    }));
+    json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "api",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listener_port}},
+                "filter_chains": [{
+                    "transport_socket": {
+                        "name": "envoy.transport_sockets.tls",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                            "require_client_certificate": true,
+                            "common_tls_context": {
+                                "tls_certificates": [{
+                                    "certificate_chain": file("example.tls.pem"),
+                                    "private_key": file("example.tls.key")
+                                }],
+                                "validation_context": {"trusted_ca": file("trust.pem")}
+                            }
+                        }
+                    },
+                    "filters": [{
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                            "stat_prefix": "api",
+                            "codec_type": "AUTO",
+                            "route_config": {
+                                "name": "api",
+                                "virtual_hosts": [{
+                                    "name": "all",
+                                    "domains": ["*"],
+                                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
+                                }]
+                            },
+                            "http_filters": http_filters
+                        }
+                    }]
+                }]
+            }],
+            "clusters": [
+                static_cluster("introspection", opts.introspection_port),
+                static_cluster("upstream", opts.upstream_port)
+            ]
+        }
+    })
+}

@@ -1,0 +1,297 @@
+//! The identity server double: token introspection in the three formats of config.md, and a JWKS.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::Duration;
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use jwt_simple::prelude::*;
+use serde_json::{json, Map, Value};
+
+use super::http::{form_field, Reply, Request, Server};
+use super::{now, CLIENT_ID, CLIENT_SECRET, ISSUER};
+
+pub const INTROSPECTION_PATH: &str = "/introspect";
+pub const JWKS_PATH: &str = "/jwks";
+pub const KEY_ID: &str = "certbound-test-key-1";
+
+/// `introspection.format` of config.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Jwt,
+    IntrospectionJwt,
+}
+
+impl Format {
+    pub const ALL: [Format; 3] = [Format::Json, Format::Jwt, Format::IntrospectionJwt];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Jwt => "jwt",
+            Format::IntrospectionJwt => "introspection-jwt",
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Format::Json => "application/json",
+            Format::Jwt => "application/jwt",
+            Format::IntrospectionJwt => "application/token-introspection+jwt",
+        }
+    }
+}
+
+/// What the server answers for one token.
+#[derive(Debug, Clone)]
+pub enum Behaviour {
+    /// Active, with these claims (in the server's format).
+    Active(Value),
+    Inactive,
+    /// Sleep, then answer as `Inactive`.
+    Hang(Duration),
+    Status500,
+    /// 200 with a body that is neither JSON nor a JWT.
+    Garbage,
+    /// 200 with a 10 MB body.
+    Huge,
+    /// Close the connection without answering.
+    Reset,
+    /// A JWT (same `kid`) signed by a key that is not in the JWKS.
+    SignedByOtherKey(Value),
+}
+
+/// The PS256 key the server signs with and publishes; generated once per test process.
+pub fn signing_key() -> &'static PS256KeyPair {
+    static KEY: OnceLock<PS256KeyPair> = OnceLock::new();
+    KEY.get_or_init(|| PS256KeyPair::generate(2048).expect("generate PS256 key").with_key_id(KEY_ID))
+}
+
+/// A key that is not in the JWKS but claims the same `kid`.
+pub fn other_key() -> &'static PS256KeyPair {
+    static KEY: OnceLock<PS256KeyPair> = OnceLock::new();
+    KEY.get_or_init(|| PS256KeyPair::generate(2048).expect("generate PS256 key").with_key_id(KEY_ID))
+}
+
+/// Signs exactly these claims (a JSON object) as a PS256 JWT, optionally with a `typ` header.
+pub fn sign(key: &PS256KeyPair, claims: &Value, typ: Option<&str>) -> String {
+    let custom: Map<String, Value> = claims.as_object().cloned().expect("claims must be a JSON object");
+    let claims = JWTClaims {
+        issued_at: None,
+        expires_at: None,
+        invalid_before: None,
+        issuer: None,
+        subject: None,
+        audiences: None,
+        jwt_id: None,
+        nonce: None,
+        custom,
+    };
+    let opts = HeaderOptions { content_type: None, signature_type: typ.map(str::to_string) };
+    key.sign_with_options(claims, &opts).expect("sign JWT")
+}
+
+/// The JWKS document of `signing_key()`.
+pub fn jwks_json() -> Value {
+    let c = signing_key().public_key().to_components();
+    json!({"keys": [{
+        "kty": "RSA", "kid": KEY_ID, "alg": "PS256", "use": "sig",
+        "n": URL_SAFE_NO_PAD.encode(&c.n), "e": URL_SAFE_NO_PAD.encode(&c.e),
+    }]})
+}
+
+/// What the introspection endpoint received (for asserting the filter's request).
+#[derive(Debug, Clone)]
+pub struct IntrospectionRequest {
+    pub token: Option<String>,
+    pub request: Request,
+}
+
+#[derive(Default)]
+struct State {
+    behaviours: Mutex<HashMap<String, Behaviour>>,
+    /// token → the last body answered with 200 (the JWT for the JWT formats).
+    answered: Mutex<HashMap<String, String>>,
+    requests: Mutex<Vec<IntrospectionRequest>>,
+    calls: AtomicUsize,
+    jwks_fetches: AtomicUsize,
+    max_age: Mutex<Option<u64>>,
+}
+
+pub struct Introspection {
+    server: Server,
+    format: Format,
+    state: Arc<State>,
+}
+
+impl Introspection {
+    pub fn start(format: Format) -> Introspection {
+        // Generate the key before Envoy exists, so the first JWKS fetch is not slowed by it.
+        let _ = signing_key();
+        let state: Arc<State> = Arc::default();
+        let handler_state = state.clone();
+        let server = Server::start(Arc::new(move |req: &Request| handle(format, &handler_state, req)));
+        Introspection { server, format, state }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.server.port()
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    pub fn register(&self, token: &str, behaviour: Behaviour) {
+        self.state.behaviours.lock().unwrap().insert(token.to_string(), behaviour);
+    }
+
+    /// Adds `Cache-Control: max-age=N` to 200 answers.
+    pub fn set_max_age(&self, max_age: Option<u64>) {
+        *self.state.max_age.lock().unwrap() = max_age;
+    }
+
+    /// POSTs received at the introspection path (any credentials).
+    pub fn calls(&self) -> usize {
+        self.state.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn jwks_fetches(&self) -> usize {
+        self.state.jwks_fetches.load(Ordering::SeqCst)
+    }
+
+    pub fn requests(&self) -> Vec<IntrospectionRequest> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    /// The last 200 body answered for `token` (the JWT, for the JWT formats).
+    pub fn answered(&self, token: &str) -> Option<String> {
+        self.state.answered.lock().unwrap().get(token).cloned()
+    }
+}
+
+fn handle(format: Format, state: &State, req: &Request) -> Reply {
+    let path = req.path.split('?').next().unwrap_or_default();
+    if path == JWKS_PATH && req.method == "GET" {
+        state.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+        return with_max_age(state, Reply::new(200, "application/json", jwks_json().to_string()));
+    }
+    if path != INTROSPECTION_PATH {
+        return Reply::new(404, "text/plain", "not found");
+    }
+    if req.method != "POST" {
+        return Reply::new(405, "text/plain", "POST only");
+    }
+    state.calls.fetch_add(1, Ordering::SeqCst);
+    let token = form_field(&req.body, "token");
+    state
+        .requests
+        .lock()
+        .unwrap()
+        .push(IntrospectionRequest { token: token.clone(), request: req.clone() });
+
+    let expected = format!("Basic {}", STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}")));
+    if req.header("authorization") != Some(expected.as_str()) {
+        return Reply::new(401, "application/json", r#"{"error":"invalid_client"}"#)
+            .with_header("www-authenticate", "Basic realm=\"introspection\"");
+    }
+    let form = req
+        .header("content-type")
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+    let Some(token) = token.filter(|_| form) else {
+        return Reply::new(400, "application/json", r#"{"error":"invalid_request"}"#);
+    };
+
+    let behaviour = state
+        .behaviours
+        .lock()
+        .unwrap()
+        .get(&token)
+        .cloned()
+        .unwrap_or(Behaviour::Inactive);
+    let reply = match behaviour {
+        Behaviour::Active(claims) => active(format, signing_key(), &claims),
+        // In the JSON format a signed answer is simply not JSON.
+        Behaviour::SignedByOtherKey(claims) if format == Format::Json => {
+            Reply::new(200, format.content_type(), sign(other_key(), &claims, None))
+        }
+        Behaviour::SignedByOtherKey(claims) => active(format, other_key(), &claims),
+        Behaviour::Inactive => inactive(format),
+        Behaviour::Hang(d) => {
+            thread::sleep(d);
+            inactive(format)
+        }
+        Behaviour::Status500 => Reply::new(500, "application/json", r#"{"error":"server_error"}"#),
+        Behaviour::Garbage => Reply::new(200, format.content_type(), "<html>this is not a token</html>"),
+        Behaviour::Huge => Reply::new(200, format.content_type(), vec![b'a'; 10 * 1024 * 1024]),
+        Behaviour::Reset => Reply::Close,
+    };
+    if let Reply::Respond { status: 200, body, .. } = &reply {
+        state
+            .answered
+            .lock()
+            .unwrap()
+            .insert(token, String::from_utf8_lossy(body).into_owned());
+    }
+    with_max_age(state, reply)
+}
+
+fn with_max_age(state: &State, reply: Reply) -> Reply {
+    match (*state.max_age.lock().unwrap(), &reply) {
+        (Some(n), Reply::Respond { status: 200, .. }) => {
+            reply.with_header("cache-control", &format!("max-age={n}"))
+        }
+        _ => reply,
+    }
+}
+
+fn active(format: Format, key: &PS256KeyPair, claims: &Value) -> Reply {
+    match format {
+        Format::Json => {
+            let mut body = json!({"active": true});
+            merge(&mut body, claims);
+            Reply::new(200, format.content_type(), body.to_string())
+        }
+        Format::Jwt => Reply::new(200, format.content_type(), sign(key, claims, None)),
+        Format::IntrospectionJwt => {
+            let mut inner = json!({"active": true});
+            merge(&mut inner, claims);
+            Reply::new(200, format.content_type(), introspection_jwt(key, inner))
+        }
+    }
+}
+
+fn inactive(format: Format) -> Reply {
+    match format {
+        Format::Json => Reply::new(200, format.content_type(), r#"{"active":false}"#),
+        Format::Jwt => Reply::empty(204),
+        Format::IntrospectionJwt => Reply::new(
+            200,
+            format.content_type(),
+            introspection_jwt(signing_key(), json!({"active": false})),
+        ),
+    }
+}
+
+/// RFC 9701 response: the introspection result inside a signed JWT addressed to the client.
+fn introspection_jwt(key: &PS256KeyPair, token_introspection: Value) -> String {
+    let claims = json!({
+        "iss": ISSUER,
+        "aud": CLIENT_ID,
+        "iat": now(),
+        "token_introspection": token_introspection,
+    });
+    sign(key, &claims, Some("token-introspection+jwt"))
+}
+
+fn merge(target: &mut Value, claims: &Value) {
+    if let (Some(t), Some(c)) = (target.as_object_mut(), claims.as_object()) {
+        for (k, v) in c {
+            t.insert(k.clone(), v.clone());
+        }
+    }
+}

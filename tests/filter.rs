@@ -1,0 +1,714 @@
+//! Integration tests of the certbound filter inside a real Envoy, one Envoy per test; the
+//! contract they check is docs/config.md (statuses, `WWW-Authenticate`, bodies, metrics, headers).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// One test's world. Field order is drop order: Envoy goes first.
+struct Fixture {
+    envoy: Envoy,
+    idp: Introspection,
+    upstream: Upstream,
+}
+
+impl Fixture {
+    fn new(format: Format) -> Fixture {
+        Fixture::with(format, |_| {})
+    }
+
+    /// Starts the servers and Envoy with `filter_config(format)` changed by `tweak`.
+    fn with(format: Format, tweak: impl FnOnce(&mut Value)) -> Fixture {
+        let upstream = Upstream::start();
+        let idp = Introspection::start(format);
+        let mut config = filter_config(format);
+        tweak(&mut config);
+        let envoy = Envoy::start(&EnvoyOpts::new(config, idp.port(), upstream.port()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Fixture { envoy, idp, upstream }
+    }
+
+    /// GET `path` as `cert` with `Authorization: Bearer <token>`.
+    fn get(&self, cert: &str, path: &str, token: Option<&str>) -> common::Reply {
+        get(&self.envoy.client(cert), &self.envoy, path, token)
+    }
+
+    fn counter(&self, name: &str) -> u64 {
+        self.envoy.counter(name)
+    }
+
+    /// Registers a fresh token bound to `cert` with `scope`.
+    fn bound_token(&self, cert: &str, scope: &str) -> String {
+        let token = opaque_token("bound");
+        self.idp.register(&token, Behaviour::Active(bound_claims(&thumbprint(cert), scope)));
+        token
+    }
+}
+
+const CLIENT: &str = "example.client";
+const CLIENT2: &str = "example.client2";
+const SCOPES: &str = "transactions read";
+
+fn assert_www_authenticate_contains(reply: &common::Reply, needle: &str) {
+    let value = reply
+        .header("www-authenticate")
+        .unwrap_or_else(|| panic!("no WWW-Authenticate in {reply:?}"));
+    assert!(value.contains(needle), "WWW-Authenticate {value:?} lacks {needle:?}");
+    assert!(value.starts_with("Bearer "), "WWW-Authenticate {value:?} is not a Bearer challenge");
+    assert!(value.contains(r#"realm="certbound""#), "WWW-Authenticate {value:?} lacks the realm");
+}
+
+fn assert_invalid_token(reply: &common::Reply) {
+    assert_eq!(reply.status, 401, "{reply:?}");
+    assert_www_authenticate_contains(reply, r#"error="invalid_token""#);
+    assert_eq!(reply.json()["error"], "invalid_token", "{reply:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The harness itself (no filter): if these fail, the filter tests below say nothing.
+
+#[test]
+fn harness_routes_mtls_to_upstream_without_filter() {
+    let upstream = Upstream::start();
+    let idp = Introspection::start(Format::Json);
+    let envoy = Envoy::start(&EnvoyOpts::without_filter(idp.port(), upstream.port()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let client = envoy.client(CLIENT);
+    let reply = send(
+        client
+            .get(envoy.url("/hello?x=1"))
+            .header("authorization", "Bearer abc")
+            .header("x-probe", "one"),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.json(), json!({"ok": true}));
+    // Keep-alive: a second request on the same client.
+    assert_eq!(get(&client, &envoy, "/again", None).status, 200);
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0].method, "GET");
+    assert_eq!(requests[0].path, "/hello?x=1");
+    assert_eq!(requests[0].header_all("authorization"), ["Bearer abc"]);
+    assert_eq!(requests[0].header("x-probe"), Some("one"));
+    let stats = stats_matching(envoy.admin_port, r"^cluster\.upstream\.upstream_rq_total$");
+    assert_eq!(counter(&stats, "upstream_rq_total"), 2, "{stats:?}");
+    assert_eq!(counter(&envoy.stats(), "certbound.requests_allowed"), 0);
+}
+
+#[test]
+fn harness_rejects_tls_without_trusted_client_certificate() {
+    let upstream = Upstream::start();
+    let envoy = Envoy::start(&EnvoyOpts::without_filter(free_port(), upstream.port()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    for cert in [None, Some("untrusted.client"), Some("example.selfsigned")] {
+        let client = common::client(envoy.listener_port, cert);
+        let result = client.get(envoy.url("/hello")).send();
+        assert!(result.is_err(), "{cert:?} got through: {result:?}");
+    }
+    assert_eq!(upstream.count(), 0);
+}
+
+#[test]
+fn harness_thumbprint_matches_openssl() {
+    let pem = certs_dir().join(format!("{CLIENT}.pem"));
+    let Ok(out) = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl x509 -in '{}' -outform DER | openssl dgst -sha256 -binary | base64 | tr '+/' '-_' | tr -d '=\\n'",
+            pem.display()
+        ))
+        .output()
+    else {
+        eprintln!("no sh/openssl; skipped");
+        return;
+    };
+    let expected = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(expected.len(), 43, "openssl output {expected:?}");
+    assert_eq!(thumbprint_of(&pem), expected);
+    assert_ne!(thumbprint(CLIENT), thumbprint(CLIENT2));
+}
+
+#[test]
+fn harness_introspection_server_speaks_each_format() {
+    use jwt_simple::prelude::*;
+    let http = reqwest::blocking::Client::builder().no_proxy().build().unwrap();
+    let key = introspection::signing_key().public_key();
+    for format in Format::ALL {
+        let idp = Introspection::start(format);
+        let token = opaque_token("probe");
+        idp.register(&token, Behaviour::Active(bound_claims("tp", "transactions")));
+        idp.set_max_age(Some(42));
+        let url = format!("http://127.0.0.1:{}/introspect", idp.port());
+        let introspect = |secret: &str, token: &str| {
+            send(
+                http.post(&url)
+                    .basic_auth(CLIENT_ID, Some(secret))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(format!("token={token}&token_type_hint=access_token")),
+            )
+        };
+        assert_eq!(introspect("wrong", &token).status, 401);
+        let reply = introspect(CLIENT_SECRET, &token);
+        assert_eq!(reply.status, 200, "{format:?}");
+        assert_eq!(reply.header("cache-control"), Some("max-age=42"));
+        assert_eq!(idp.answered(&token).as_deref(), Some(reply.body.as_str()));
+        let active = match format {
+            Format::Json => reply.json(),
+            Format::Jwt => {
+                let claims = key.verify_token::<Value>(&reply.body, None).unwrap();
+                assert_eq!(claims.issuer.as_deref(), Some(ISSUER));
+                claims.custom
+            }
+            Format::IntrospectionJwt => {
+                let meta = Token::decode_metadata(&reply.body).unwrap();
+                assert_eq!(meta.signature_type(), Some("token-introspection+jwt"));
+                let opts = VerificationOptions {
+                    allowed_audiences: Some(HashSet::from_strings(&[CLIENT_ID])),
+                    ..Default::default()
+                };
+                let claims = key.verify_token::<Value>(&reply.body, Some(opts)).unwrap();
+                claims.custom["token_introspection"].clone()
+            }
+        };
+        assert_eq!(active["cnf"]["x5t#S256"], "tp", "{format:?}: {active}");
+        if format != Format::Jwt {
+            assert_eq!(active["active"], true);
+        }
+        let inactive = introspect(CLIENT_SECRET, "unknown");
+        assert_eq!(inactive.status, if format == Format::Jwt { 204 } else { 200 });
+        assert_eq!(idp.calls(), 3);
+        let jwks = send(http.get(format!("http://127.0.0.1:{}/jwks", idp.port()))).json();
+        assert_eq!(jwks["keys"][0]["kid"], introspection::KEY_ID);
+        assert_eq!(idp.jwks_fetches(), 1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. The phantom-token flow: allow, forward the JWT, cache.
+
+#[test]
+fn jwt_bound_token_with_matching_cert_is_allowed_and_then_served_from_cache() {
+    let f = Fixture::new(Format::Jwt);
+    let token = f.bound_token(CLIENT, SCOPES);
+
+    let reply = f.get(CLIENT, "/api/transactions", Some(&token));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.json(), json!({"ok": true}));
+    let jwt = f.idp.answered(&token).expect("the identity server answered a JWT");
+    assert_ne!(jwt, token);
+    let forwarded = f.upstream.last();
+    assert_eq!(forwarded.header_all("authorization"), [format!("Bearer {jwt}")]);
+    assert_eq!(forwarded.header_all(CLIENT_ID_HEADER), [PARTNER_CLIENT_ID]);
+
+    // The introspection request the filter made.
+    let calls = f.idp.requests();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].token.as_deref(), Some(token.as_str()));
+    let accept = calls[0].request.header("accept").unwrap_or_default();
+    assert!(accept.contains("application/jwt"), "Accept {accept:?}");
+    assert_eq!(f.idp.jwks_fetches(), 1);
+
+    let stats = f.envoy.stats();
+    assert_eq!(counter(&stats, "certbound.requests_allowed"), 1, "{stats:?}");
+    assert_eq!(counter(&stats, "certbound.introspection_calls"), 1, "{stats:?}");
+    assert_eq!(counter(&stats, "certbound.cache_misses"), 1, "{stats:?}");
+    assert_eq!(counter(&stats, "certbound.cache_hits"), 0, "{stats:?}");
+    assert_eq!(counter(&stats, "certbound.jwks_fetches"), 1, "{stats:?}");
+
+    let again = f.get(CLIENT, "/api/transactions", Some(&token));
+    assert_eq!(again.status, 200, "{again:?}");
+    assert_eq!(f.idp.calls(), 1, "a cached token must not be introspected again");
+    assert_eq!(f.upstream.count(), 2);
+    assert_eq!(f.upstream.last().header_all("authorization"), [format!("Bearer {jwt}")]);
+    let stats = f.envoy.stats();
+    assert_eq!(counter(&stats, "certbound.cache_hits"), 1, "{stats:?}");
+    assert_eq!(counter(&stats, "certbound.cache_misses"), 1, "{stats:?}");
+    assert_eq!(counter(&stats, "certbound.requests_allowed"), 2, "{stats:?}");
+    assert_eq!(counter(&stats, "certbound.introspection_calls"), 1, "{stats:?}");
+}
+
+#[test]
+fn jwks_is_fetched_once_for_several_tokens() {
+    let f = Fixture::new(Format::Jwt);
+    for _ in 0..3 {
+        let token = f.bound_token(CLIENT, SCOPES);
+        let reply = f.get(CLIENT, "/api/transactions", Some(&token));
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    assert_eq!(f.idp.calls(), 3);
+    assert_eq!(f.idp.jwks_fetches(), 1);
+    assert_eq!(f.counter("certbound.jwks_fetches"), 1);
+    assert_eq!(f.counter("certbound.cache_misses"), 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Certificate binding.
+
+#[test]
+fn bound_token_presented_with_another_certificate_is_rejected() {
+    let f = Fixture::new(Format::Jwt);
+    let token = f.bound_token(CLIENT, SCOPES);
+    let reply = f.get(CLIENT2, "/api/transactions", Some(&token));
+    assert_invalid_token(&reply);
+    assert_eq!(f.upstream.count(), 0);
+    assert_eq!(f.counter("certbound.requests_denied.certificate_mismatch"), 1);
+    assert_eq!(f.counter("certbound.requests_allowed"), 0);
+}
+
+#[test]
+fn cached_bound_token_presented_with_another_certificate_is_rejected() {
+    let f = Fixture::new(Format::Jwt);
+    let token = f.bound_token(CLIENT, SCOPES);
+    assert_eq!(f.get(CLIENT, "/api/transactions", Some(&token)).status, 200);
+
+    let reply = f.get(CLIENT2, "/api/transactions", Some(&token));
+    assert_invalid_token(&reply);
+    assert_eq!(f.upstream.count(), 1, "the stolen-token request must not reach the upstream");
+    assert_eq!(f.idp.calls(), 1, "the second request is decided from the cache");
+    assert_eq!(f.counter("certbound.requests_denied.certificate_mismatch"), 1);
+    assert_eq!(f.counter("certbound.cache_hits"), 1);
+
+    // The mismatch did not spoil the entry for its rightful holder.
+    assert_eq!(f.get(CLIENT, "/api/transactions", Some(&token)).status, 200);
+    assert_eq!(f.upstream.count(), 2);
+    assert_eq!(f.counter("certbound.requests_allowed"), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Inactive tokens, negatively cached, in each format.
+
+fn inactive_token_is_rejected_and_negatively_cached(format: Format) {
+    let f = Fixture::new(format);
+    let token = opaque_token("inactive");
+    f.idp.register(&token, Behaviour::Inactive);
+    for attempt in 1..=2u64 {
+        let reply = f.get(CLIENT, "/api/transactions", Some(&token));
+        assert_invalid_token(&reply);
+        assert_eq!(f.counter("certbound.requests_denied.inactive_token"), attempt);
+    }
+    assert_eq!(f.idp.calls(), 1, "{format:?}: an inactive answer must be cached");
+    assert_eq!(f.upstream.count(), 0);
+    assert_eq!(f.counter("certbound.introspection_calls"), 1);
+    assert_eq!(f.counter("certbound.introspection_failures"), 0);
+}
+
+#[test]
+fn inactive_token_is_rejected_and_negatively_cached_json() {
+    inactive_token_is_rejected_and_negatively_cached(Format::Json);
+}
+
+#[test]
+fn inactive_token_is_rejected_and_negatively_cached_jwt() {
+    inactive_token_is_rejected_and_negatively_cached(Format::Jwt);
+}
+
+#[test]
+fn inactive_token_is_rejected_and_negatively_cached_introspection_jwt() {
+    inactive_token_is_rejected_and_negatively_cached(Format::IntrospectionJwt);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. What the upstream receives in the other formats.
+
+#[test]
+fn json_format_forwards_the_original_token_and_claim_headers() {
+    let f = Fixture::with(Format::Json, |c| {
+        c["claim_headers"] = json!({
+            "client_id": CLIENT_ID_HEADER,
+            "sub": "x-certbound-subject",
+            "cnf": "x-certbound-cnf"
+        });
+    });
+    let token = f.bound_token(CLIENT, SCOPES);
+    let reply = f.get(CLIENT, "/api/transactions", Some(&token));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let forwarded = f.upstream.last();
+    assert_eq!(forwarded.header_all("authorization"), [format!("Bearer {token}")]);
+    assert_eq!(forwarded.header_all(CLIENT_ID_HEADER), [PARTNER_CLIENT_ID]);
+    assert_eq!(forwarded.header_all("x-certbound-subject"), ["partner-user"]);
+    // A non-string claim is forwarded as JSON.
+    let cnf: Value = serde_json::from_str(forwarded.header("x-certbound-cnf").unwrap_or("null"))
+        .expect("x-certbound-cnf is JSON");
+    assert_eq!(cnf, json!({"x5t#S256": thumbprint(CLIENT)}));
+    let accept = f.idp.requests()[0].request.header("accept").unwrap_or_default().to_string();
+    assert!(!accept.contains("jwt"), "json format asked for {accept:?}");
+    assert_eq!(f.idp.jwks_fetches(), 0);
+    assert_eq!(f.counter("certbound.requests_allowed"), 1);
+}
+
+#[test]
+fn introspection_jwt_format_forwards_the_introspection_jwt() {
+    let f = Fixture::new(Format::IntrospectionJwt);
+    let token = f.bound_token(CLIENT, SCOPES);
+    let reply = f.get(CLIENT, "/api/transactions", Some(&token));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let jwt = f.idp.answered(&token).expect("answered");
+    let forwarded = f.upstream.last();
+    assert_eq!(forwarded.header_all("authorization"), [format!("Bearer {jwt}")]);
+    assert_eq!(forwarded.header_all(CLIENT_ID_HEADER), [PARTNER_CLIENT_ID]);
+    let accept = f.idp.requests()[0].request.header("accept").unwrap_or_default().to_string();
+    assert!(accept.contains("application/token-introspection+jwt"), "Accept {accept:?}");
+    assert_eq!(f.counter("certbound.requests_allowed"), 1);
+    assert_eq!(f.counter("certbound.jwks_fetches"), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Introspection failures: fail closed, 503 / 502, never cached.
+
+struct Failure {
+    status: u16,
+    error: &'static str,
+    metric: &'static str,
+}
+
+const UNAVAILABLE: Failure = Failure {
+    status: 503,
+    error: "temporarily_unavailable",
+    metric: "certbound.requests_denied.introspection_unavailable",
+};
+const BAD_RESPONSE: Failure = Failure {
+    status: 502,
+    error: "server_error",
+    metric: "certbound.requests_denied.introspection_bad_response",
+};
+
+/// Two requests with a token whose introspection fails as `behaviour` (None: the introspection
+/// cluster points at a closed port); both fail, and both try introspection again.
+fn introspection_failure(
+    format: Format,
+    behaviour: Option<Behaviour>,
+    tweak: impl FnOnce(&mut Value),
+    expected: Failure,
+) {
+    let upstream = Upstream::start();
+    let idp = Introspection::start(format);
+    let mut config = filter_config(format);
+    tweak(&mut config);
+    let introspection_port = if behaviour.is_some() { idp.port() } else { free_port() };
+    let envoy = Envoy::start(&EnvoyOpts::new(config, introspection_port, upstream.port()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let token = opaque_token("failing");
+    idp.register(&token, behaviour.clone().unwrap_or(Behaviour::Inactive));
+    let client = envoy.client(CLIENT);
+
+    for attempt in 1..=2u64 {
+        let reply = get(&client, &envoy, "/api/transactions", Some(&token));
+        assert_eq!(reply.status, expected.status, "{behaviour:?} attempt {attempt}: {reply:?}");
+        assert_eq!(reply.json()["error"], expected.error, "{reply:?}");
+        assert!(reply.header("www-authenticate").is_none(), "{reply:?}");
+        let stats = envoy.stats();
+        assert_eq!(counter(&stats, "certbound.introspection_failures"), attempt, "{stats:?}");
+        assert_eq!(counter(&stats, expected.metric), attempt, "{stats:?}");
+        assert_eq!(counter(&stats, "certbound.requests_allowed"), 0, "{stats:?}");
+        if behaviour.is_some() {
+            assert_eq!(idp.calls() as u64, attempt, "a failure must not be cached");
+        }
+    }
+    assert_eq!(upstream.count(), 0);
+}
+
+#[test]
+fn introspection_connection_reset_is_503() {
+    introspection_failure(Format::Jwt, Some(Behaviour::Reset), |_| {}, UNAVAILABLE);
+}
+
+#[test]
+fn introspection_slower_than_timeout_is_503() {
+    introspection_failure(
+        Format::Jwt,
+        Some(Behaviour::Hang(Duration::from_secs(3))),
+        |c| c["introspection"]["timeout_ms"] = json!(500),
+        UNAVAILABLE,
+    );
+}
+
+#[test]
+fn introspection_status_500_is_503() {
+    introspection_failure(Format::Jwt, Some(Behaviour::Status500), |_| {}, UNAVAILABLE);
+}
+
+#[test]
+fn introspection_rejecting_our_client_credentials_is_503() {
+    let token_claims = bound_claims(&thumbprint(CLIENT), SCOPES);
+    introspection_failure(
+        Format::Jwt,
+        Some(Behaviour::Active(token_claims)),
+        |c| c["introspection"]["client_secret"] = json!("wrong-secret"),
+        UNAVAILABLE,
+    );
+}
+
+#[test]
+fn introspection_cluster_unreachable_is_503() {
+    introspection_failure(Format::Json, None, |_| {}, UNAVAILABLE);
+}
+
+#[test]
+fn introspection_garbage_answer_is_502_json() {
+    introspection_failure(Format::Json, Some(Behaviour::Garbage), |_| {}, BAD_RESPONSE);
+}
+
+#[test]
+fn introspection_garbage_answer_is_502_jwt() {
+    introspection_failure(Format::Jwt, Some(Behaviour::Garbage), |_| {}, BAD_RESPONSE);
+}
+
+#[test]
+fn introspection_huge_answer_is_502() {
+    introspection_failure(Format::Jwt, Some(Behaviour::Huge), |_| {}, BAD_RESPONSE);
+}
+
+#[test]
+fn introspection_jwt_signed_by_unknown_key_is_502_jwt() {
+    let claims = bound_claims(&thumbprint(CLIENT), SCOPES);
+    introspection_failure(Format::Jwt, Some(Behaviour::SignedByOtherKey(claims)), |_| {}, BAD_RESPONSE);
+}
+
+#[test]
+fn introspection_jwt_signed_by_unknown_key_is_502_introspection_jwt() {
+    let claims = bound_claims(&thumbprint(CLIENT), SCOPES);
+    introspection_failure(
+        Format::IntrospectionJwt,
+        Some(Behaviour::SignedByOtherKey(claims)),
+        |_| {},
+        BAD_RESPONSE,
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Claim headers cannot be spoofed.
+
+#[test]
+fn client_supplied_claim_headers_never_reach_the_upstream() {
+    let f = Fixture::new(Format::Jwt);
+    let client = f.envoy.client(CLIENT);
+
+    let inactive = opaque_token("inactive");
+    let denied = send(
+        client
+            .get(f.envoy.url("/api/transactions"))
+            .bearer_auth(&inactive)
+            .header(CLIENT_ID_HEADER, "evil"),
+    );
+    assert_invalid_token(&denied);
+    assert_eq!(f.upstream.count(), 0, "a denied request reaches nothing");
+
+    let token = f.bound_token(CLIENT, SCOPES);
+    let allowed = send(
+        client
+            .get(f.envoy.url("/api/transactions"))
+            .bearer_auth(&token)
+            .header(CLIENT_ID_HEADER, "evil")
+            .header(CLIENT_ID_HEADER, "evil-too"),
+    );
+    assert_eq!(allowed.status, 200, "{allowed:?}");
+    assert_eq!(f.upstream.last().header_all(CLIENT_ID_HEADER), [PARTNER_CLIENT_ID]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Route policy.
+
+#[test]
+fn missing_scope_is_403_insufficient_scope() {
+    let f = Fixture::new(Format::Jwt);
+    let token = f.bound_token(CLIENT, "other");
+    let reply = f.get(CLIENT, "/api/transactions/42", Some(&token));
+    assert_eq!(reply.status, 403, "{reply:?}");
+    assert_www_authenticate_contains(&reply, r#"error="insufficient_scope""#);
+    assert_www_authenticate_contains(&reply, r#"scope="transactions""#);
+    assert_eq!(reply.json()["error"], "insufficient_scope");
+    assert_eq!(f.upstream.count(), 0);
+    assert_eq!(f.counter("certbound.requests_denied.insufficient_scope"), 1);
+
+    // The same token is fine where no scope is required.
+    let elsewhere = f.get(CLIENT, "/api/accounts", Some(&token));
+    assert_eq!(elsewhere.status, 200, "{elsewhere:?}");
+    assert_eq!(f.upstream.count(), 1);
+}
+
+#[test]
+fn client_id_not_allowed_on_route_is_401() {
+    let f = Fixture::with(Format::Jwt, |c| {
+        c["routes"][0]["allowed_client_ids"] = json!(["someone-else"]);
+    });
+    let token = f.bound_token(CLIENT, SCOPES);
+    let reply = f.get(CLIENT, "/api/transactions", Some(&token));
+    assert_invalid_token(&reply);
+    assert_eq!(f.upstream.count(), 0);
+    assert_eq!(f.counter("certbound.requests_denied.client_not_allowed"), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Request parsing (RFC 6750): decided before introspection.
+
+#[test]
+fn requests_without_a_bearer_token_get_a_bare_challenge() {
+    let f = Fixture::new(Format::Jwt);
+    let client = f.envoy.client(CLIENT);
+    let cases = [
+        ("no Authorization", client.get(f.envoy.url("/api/transactions"))),
+        (
+            "token only in the query",
+            client.get(f.envoy.url("/api/transactions?access_token=abcdef")),
+        ),
+        (
+            "Basic scheme",
+            client.get(f.envoy.url("/api/transactions")).header("authorization", "Basic YTpi"),
+        ),
+    ];
+    let total = cases.len() as u64;
+    for (case, request) in cases {
+        let reply = send(request);
+        assert_eq!(reply.status, 401, "{case}: {reply:?}");
+        assert_eq!(reply.header("www-authenticate"), Some(r#"Bearer realm="certbound""#), "{case}");
+        assert_eq!(reply.json()["error"], "unauthorized", "{case}: {reply:?}");
+    }
+    assert_eq!(f.counter("certbound.requests_denied.missing_token"), total);
+    assert_eq!(f.counter("certbound.introspection_calls"), 0);
+    assert_eq!(f.idp.calls(), 0);
+    assert_eq!(f.upstream.count(), 0);
+}
+
+#[test]
+fn malformed_authorization_is_400_invalid_request() {
+    let f = Fixture::with(Format::Jwt, |c| c["max_token_length"] = json!(100));
+    let client = f.envoy.client(CLIENT);
+    let url = f.envoy.url("/api/transactions");
+    let cases = [
+        (
+            "two Authorization headers",
+            client
+                .get(&url)
+                .header("authorization", "Bearer abc")
+                .header("authorization", "Bearer def"),
+        ),
+        ("space inside the token", client.get(&url).header("authorization", "Bearer a b")),
+        ("character outside b64token", client.get(&url).header("authorization", "Bearer t@ken")),
+        ("token longer than max_token_length", client.get(&url).bearer_auth("a".repeat(101))),
+    ];
+    let total = cases.len() as u64;
+    for (case, request) in cases {
+        let reply = send(request);
+        assert_eq!(reply.status, 400, "{case}: {reply:?}");
+        assert_www_authenticate_contains(&reply, r#"error="invalid_request""#);
+        assert_eq!(reply.json()["error"], "invalid_request", "{case}: {reply:?}");
+    }
+    assert_eq!(f.counter("certbound.requests_denied.invalid_request"), total);
+    assert_eq!(f.counter("certbound.introspection_calls"), 0);
+    assert_eq!(f.idp.calls(), 0);
+    assert_eq!(f.upstream.count(), 0);
+
+    // Exactly max_token_length is accepted.
+    let longest = "b".repeat(100);
+    f.idp.register(&longest, Behaviour::Active(bound_claims(&thumbprint(CLIENT), SCOPES)));
+    let reply = f.get(CLIENT, "/api/transactions", Some(&longest));
+    assert_eq!(reply.status, 200, "{reply:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Binding required unless the policy says otherwise.
+
+#[test]
+fn token_without_cnf_is_rejected_where_binding_is_required() {
+    let f = Fixture::new(Format::Jwt);
+    let token = opaque_token("unbound");
+    f.idp.register(&token, Behaviour::Active(unbound_claims(SCOPES)));
+    for path in ["/api/transactions", "/api/accounts"] {
+        let reply = f.get(CLIENT, path, Some(&token));
+        assert_invalid_token(&reply);
+    }
+    assert_eq!(f.counter("certbound.requests_denied.token_not_bound"), 2);
+    assert_eq!(f.upstream.count(), 0);
+}
+
+#[test]
+fn token_without_cnf_is_allowed_where_binding_is_not_required() {
+    let f = Fixture::with(Format::Jwt, |c| {
+        c["default_policy"] = json!({"require_binding": false});
+        c["routes"][0]["require_binding"] = json!(false);
+    });
+    let token = opaque_token("unbound");
+    f.idp.register(&token, Behaviour::Active(unbound_claims(SCOPES)));
+    for path in ["/api/transactions", "/api/accounts"] {
+        let reply = f.get(CLIENT, path, Some(&token));
+        assert_eq!(reply.status, 200, "{path}: {reply:?}");
+    }
+    assert_eq!(f.upstream.count(), 2);
+    assert_eq!(f.counter("certbound.requests_allowed"), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. JWT validity.
+
+#[test]
+fn expired_phantom_jwt_is_rejected() {
+    let f = Fixture::new(Format::Jwt);
+    let token = opaque_token("expired");
+    let mut claims = bound_claims(&thumbprint(CLIENT), SCOPES);
+    let now = now();
+    claims["iat"] = json!(now - 7200);
+    claims["exp"] = json!(now - 3600);
+    f.idp.register(&token, Behaviour::Active(claims));
+    let reply = f.get(CLIENT, "/api/transactions", Some(&token));
+    assert_invalid_token(&reply);
+    assert_eq!(f.upstream.count(), 0);
+    assert_eq!(f.counter("certbound.requests_denied.inactive_token"), 1);
+    assert_eq!(f.counter("certbound.requests_allowed"), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. mTLS is a precondition.
+
+#[test]
+fn client_without_certificate_cannot_complete_tls() {
+    let f = Fixture::new(Format::Jwt);
+    let token = f.bound_token(CLIENT, SCOPES);
+    let result = f.envoy.client_without_cert().get(f.envoy.url("/api/transactions")).bearer_auth(&token).send();
+    assert!(result.is_err(), "a client without certificate got {result:?}");
+    assert_eq!(f.upstream.count(), 0);
+    assert_eq!(f.idp.calls(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 12. Bad configuration.
+
+/// Envoy 1.40 runs the plugin's `on_configure` while loading its bootstrap; a plugin that
+/// refuses its configuration (with `fail_open: false`) makes Envoy exit with
+/// "Unable to create Wasm plugin certbound". The filter's own log line must name the field.
+fn bad_config_is_refused(tweak: impl FnOnce(&mut Value), field: &str) {
+    let upstream = Upstream::start();
+    let idp = Introspection::start(Format::Jwt);
+    let mut config = filter_config(Format::Jwt);
+    tweak(&mut config);
+    match Envoy::start(&EnvoyOpts::new(config, idp.port(), upstream.port())) {
+        Err(e) => {
+            assert!(e.log.contains("Unable to create Wasm plugin certbound"), "{e}");
+            let named = e.log.lines().any(|l| l.contains("wasm log certbound") && l.contains(field));
+            assert!(named, "no filter log line names {field:?}:\n{e}");
+        }
+        Ok(envoy) => {
+            let reply = get(&envoy.client(CLIENT), &envoy, "/api/transactions", Some("abc"));
+            panic!("Envoy started with a bad configuration ({field}); a request got {reply:?}");
+        }
+    }
+    assert_eq!(upstream.count(), 0);
+}
+
+#[test]
+fn unknown_config_field_is_refused() {
+    bad_config_is_refused(|c| c["bogus"] = json!(1), "bogus");
+}
+
+#[test]
+fn unknown_introspection_format_is_refused() {
+    bad_config_is_refused(|c| c["introspection"]["format"] = json!("xml"), "format");
+}
+
+#[test]
+fn zero_introspection_timeout_is_refused() {
+    bad_config_is_refused(|c| c["introspection"]["timeout_ms"] = json!(0), "timeout_ms");
+}
