@@ -1,6 +1,6 @@
 //! RFC 8705 certificate thumbprints (`x5t#S256`): from Envoy's digest, from a PEM, from a token.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -29,12 +29,15 @@ impl Thumbprint {
         Some(Thumbprint(out))
     }
 
-    /// From Envoy's `connection.peer_certificate`: the PEM of the client certificate.
+    /// From Envoy's `connection.peer_certificate`: the PEM of the client certificate (the first,
+    /// if a chain follows). The DER is checked to be one whole SEQUENCE, not parsed further: the
+    /// thumbprint covers the exact bytes, and a full X.509 parser would double the module's size.
     pub fn from_pem(pem: &str) -> Option<Self> {
-        use der::{DecodePem, Encode};
-        let cert = x509_cert::Certificate::from_pem(pem.as_bytes()).ok()?;
-        let der = cert.to_der().ok()?;
-        Some(Self::from_der(&der))
+        let (_, rest) = pem.split_once("-----BEGIN CERTIFICATE-----")?;
+        let (body, _) = rest.split_once("-----END CERTIFICATE-----")?;
+        let compact: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        let der = STANDARD.decode(compact).ok()?;
+        is_der_sequence(&der).then(|| Self::from_der(&der))
     }
 
     pub fn from_der(der: &[u8]) -> Self {
@@ -62,6 +65,20 @@ impl Thumbprint {
     pub fn matches(&self, other: &Thumbprint) -> bool {
         self.0.ct_eq(&other.0).into()
     }
+}
+
+/// A DER SEQUENCE whose definite length covers exactly the rest of `d`.
+fn is_der_sequence(d: &[u8]) -> bool {
+    let (len, header) = match d.get(1).copied() {
+        Some(l) if l < 0x80 => (usize::from(l), 2),
+        Some(n @ 0x81..=0x83) => {
+            let n = usize::from(n - 0x80);
+            let Some(bytes) = d.get(2..2 + n) else { return false };
+            (bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b)), 2 + n)
+        }
+        _ => return false,
+    };
+    d.first() == Some(&0x30) && header + len == d.len()
 }
 
 fn lower_hex(c: u8) -> Option<u8> {
@@ -147,7 +164,6 @@ Ag==
 -----END CERTIFICATE-----
 ";
         let der: Vec<u8> = {
-            use base64::engine::general_purpose::STANDARD;
             let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
             STANDARD.decode(body).unwrap()
         };
@@ -157,5 +173,8 @@ Ag==
         assert_eq!(from_pem.unwrap().to_x5t(), "wrl7Ls-BvGwSkRW9ti9YRePwLDjKlP1R-4KPWGXjDow");
         assert!(Thumbprint::from_pem("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").is_none());
         assert!(Thumbprint::from_pem("not a pem").is_none());
+        // A truncated certificate is not one whole DER SEQUENCE.
+        let truncated = pem.replace("Ag==\n", "");
+        assert!(Thumbprint::from_pem(&truncated).is_none());
     }
 }

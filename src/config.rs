@@ -1,6 +1,7 @@
 //! The filter's configuration: parsed and validated once, at configure time.
 
 use serde::Deserialize;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// How the identity server answers an introspection request.
@@ -148,14 +149,14 @@ impl Config {
 struct RawConfig {
     realm: Option<String>,
     max_token_length: Option<usize>,
-    introspection: Option<RawIntrospection>,
-    jwt: Option<RawJwt>,
-    cache: Option<RawCache>,
+    introspection: Option<Value>,
+    jwt: Option<Value>,
+    cache: Option<Value>,
     #[serde(default)]
     claim_headers: std::collections::BTreeMap<String, String>,
-    default_policy: Option<RawPolicy>,
+    default_policy: Option<Value>,
     #[serde(default)]
-    routes: Vec<RawRoute>,
+    routes: Vec<Value>,
 }
 
 #[derive(Deserialize)]
@@ -171,7 +172,7 @@ struct RawIntrospection {
     max_body_bytes: Option<usize>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawJwt {
     issuer: Option<String>,
@@ -179,7 +180,7 @@ struct RawJwt {
     algorithms: Option<Vec<Algorithm>>,
     clock_skew_seconds: Option<u64>,
     typ: Option<String>,
-    jwks: Option<RawJwks>,
+    jwks: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -192,7 +193,7 @@ struct RawJwks {
     min_refetch_interval_seconds: Option<u64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawCache {
     namespace: Option<String>,
@@ -236,6 +237,19 @@ impl std::fmt::Display for ConfigError {
 
 fn err<T>(field: &str, why: &str) -> Result<T, ConfigError> {
     Err(ConfigError(format!("{field}: {why}")))
+}
+
+/// Deserializes one section, so that its errors name it (`jwt.jwks: unknown field ...`).
+fn section<T: serde::de::DeserializeOwned>(
+    value: Option<Value>,
+    field: &str,
+) -> Result<Option<T>, ConfigError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => serde_json::from_value(v)
+            .map(Some)
+            .map_err(|e| ConfigError(format!("{field}: {e}"))),
+    }
 }
 
 fn required(value: Option<String>, field: &str) -> Result<String, ConfigError> {
@@ -301,18 +315,15 @@ fn policy(
 
 /// Parses and validates the plugin configuration.
 pub fn parse(raw: &[u8]) -> Result<Config, ConfigError> {
-    let de = &mut serde_json::Deserializer::from_slice(raw);
-    let c: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-        let at = e.path().to_string();
-        ConfigError(format!("{at}: {}", e.into_inner()))
-    })?;
+    let c: RawConfig =
+        serde_json::from_slice(raw).map_err(|e| ConfigError(format!("configuration: {e}")))?;
 
     let max_token_length = c.max_token_length.unwrap_or(4096);
     if max_token_length == 0 || max_token_length > 65536 {
         return err("max_token_length", "must be between 1 and 65536");
     }
 
-    let Some(i) = c.introspection else {
+    let Some(i) = section::<RawIntrospection>(c.introspection, "introspection")? else {
         return err("introspection", "is required");
     };
     let Some(format) = i.format else {
@@ -342,6 +353,7 @@ pub fn parse(raw: &[u8]) -> Result<Config, ConfigError> {
         (Format::Json, None) => None,
         (_, None) => return err("jwt", "is required for the JWT formats"),
         (_, Some(j)) => {
+            let j: RawJwt = section(Some(j), "jwt")?.unwrap_or_default();
             let audiences = match (j.audiences, format) {
                 (Some(a), _) if a.is_empty() || a.iter().any(|s| s.is_empty()) => {
                     return err("jwt.audiences", "must list non-empty audiences")
@@ -361,7 +373,7 @@ pub fn parse(raw: &[u8]) -> Result<Config, ConfigError> {
                 Format::IntrospectionJwt => Some("token-introspection+jwt".to_string()),
                 _ => j.typ,
             };
-            let Some(k) = j.jwks else {
+            let Some(k) = section::<RawJwks>(j.jwks, "jwt.jwks")? else {
                 return err("jwt.jwks", "is required");
             };
             let clock_skew_seconds = j.clock_skew_seconds.unwrap_or(60);
@@ -391,12 +403,7 @@ pub fn parse(raw: &[u8]) -> Result<Config, ConfigError> {
         }
     };
 
-    let rc = c.cache.unwrap_or(RawCache {
-        namespace: None,
-        max_entries: None,
-        max_ttl_seconds: None,
-        negative_ttl_seconds: None,
-    });
+    let rc: RawCache = section(c.cache, "cache")?.unwrap_or_default();
     let namespace = rc.namespace.unwrap_or_else(|| "certbound".to_string());
     if namespace.is_empty() || namespace.contains('/') {
         return err("cache.namespace", "must be non-empty and contain no '/'");
@@ -425,7 +432,7 @@ pub fn parse(raw: &[u8]) -> Result<Config, ConfigError> {
         claim_headers.push((claim, h));
     }
 
-    let dp = c.default_policy.unwrap_or_default();
+    let dp: RawPolicy = section(c.default_policy, "default_policy")?.unwrap_or_default();
     let default_policy = policy(
         dp.required_scopes,
         dp.require_binding,
@@ -436,6 +443,7 @@ pub fn parse(raw: &[u8]) -> Result<Config, ConfigError> {
     let mut routes = Vec::new();
     for (n, r) in c.routes.into_iter().enumerate() {
         let field = format!("routes[{n}]");
+        let Some(r) = section::<RawRoute>(Some(r), &field)? else { continue };
         let path_prefix = path(r.path_prefix, &format!("{field}.path_prefix"))?;
         for m in &r.methods {
             if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -535,9 +543,9 @@ pub(crate) mod tests {
     fn every_bad_configuration_names_its_field() {
         type Edit = fn(&mut Value);
         let table: Vec<(&str, Edit, &str)> = vec![
-            ("json", |v| v["bogus"] = json!(1), "unknown field `bogus`"),
-            ("json", |v| v["introspection"]["bogus"] = json!(1), "unknown field `bogus`"),
-            ("json", |v| v["introspection"]["format"] = json!("xml"), "unknown variant `xml`"),
+            ("json", |v| v["bogus"] = json!(1), "configuration: unknown field `bogus`"),
+            ("json", |v| v["introspection"]["bogus"] = json!(1), "introspection: unknown field `bogus`"),
+            ("json", |v| v["introspection"]["format"] = json!("xml"), "introspection: unknown variant `xml`"),
             ("json", |v| { v.as_object_mut().unwrap().remove("introspection"); }, "introspection: is required"),
             ("json", |v| { v["introspection"].as_object_mut().unwrap().remove("format"); }, "introspection.format: is required"),
             ("json", |v| { v["introspection"].as_object_mut().unwrap().remove("cluster"); }, "introspection.cluster: is required"),
@@ -554,11 +562,13 @@ pub(crate) mod tests {
             ("jwt", |v| { v["jwt"].as_object_mut().unwrap().remove("audiences"); }, "jwt.audiences: is required for format jwt"),
             ("jwt", |v| v["jwt"]["audiences"] = json!([]), "jwt.audiences: must list non-empty audiences"),
             ("jwt", |v| v["jwt"]["algorithms"] = json!([]), "jwt.algorithms: must list at least one"),
-            ("jwt", |v| v["jwt"]["algorithms"] = json!(["none"]), "unknown variant `none`"),
-            ("jwt", |v| v["jwt"]["algorithms"] = json!(["HS256"]), "unknown variant `HS256`"),
+            ("jwt", |v| v["jwt"]["algorithms"] = json!(["none"]), "jwt: unknown variant `none`"),
+            ("jwt", |v| v["jwt"]["algorithms"] = json!(["HS256"]), "jwt: unknown variant `HS256`"),
             ("jwt", |v| v["jwt"]["clock_skew_seconds"] = json!(3600), "jwt.clock_skew_seconds: must be at most 600"),
             ("jwt", |v| { v["jwt"].as_object_mut().unwrap().remove("jwks"); }, "jwt.jwks: is required"),
             ("jwt", |v| { v["jwt"]["jwks"].as_object_mut().unwrap().remove("cluster"); }, "jwt.jwks.cluster: is required"),
+            ("jwt", |v| v["jwt"]["jwks"]["bogus"] = json!(1), "jwt.jwks: unknown field `bogus`"),
+            ("json", |v| v["introspection"]["timeout_ms"] = json!("fast"), "introspection: invalid type"),
             ("jwt", |v| v["jwt"]["jwks"]["path"] = json!("jwks"), "jwt.jwks.path: must start with '/'"),
             ("jwt", |v| v["jwt"]["jwks"]["max_age_seconds"] = json!(0), "jwt.jwks.max_age_seconds: must be greater than 0"),
             ("jwt", |v| v["jwt"]["jwks"]["min_refetch_interval_seconds"] = json!(0), "jwt.jwks.min_refetch_interval_seconds: must be greater than 0"),
@@ -567,14 +577,14 @@ pub(crate) mod tests {
             ("json", |v| v["cache"] = json!({"namespace": "a/b"}), "cache.namespace: must be non-empty"),
             ("json", |v| v["cache"] = json!({"max_ttl_seconds": 0}), "cache.max_ttl_seconds: must be greater than 0"),
             ("json", |v| v["cache"] = json!({"negative_ttl_seconds": 0}), "cache.negative_ttl_seconds: must be greater than 0"),
-            ("json", |v| v["cache"] = json!({"size": 1}), "unknown field `size`"),
+            ("json", |v| v["cache"] = json!({"size": 1}), "cache: unknown field `size`"),
             ("json", |v| v["claim_headers"] = json!({"sub": "bad header"}), "claim_headers.sub: is not a valid HTTP header name"),
             ("json", |v| v["claim_headers"] = json!({"sub": "Authorization"}), "claim_headers.sub: must not name a header the proxy owns"),
             ("json", |v| v["claim_headers"] = json!({"sub": "x-a", "client_id": "X-A"}), "claim_headers.sub: names a header already used"),
             ("json", |v| v["default_policy"] = json!({"required_scopes": ["a b"]}), "default_policy.required_scopes: scope values"),
             ("json", |v| v["routes"] = json!([{"methods": ["GET"]}]), "routes[0].path_prefix: is required"),
             ("json", |v| v["routes"] = json!([{"path_prefix": "/a"}, {"path_prefix": "/b", "methods": ["get"]}]), "routes[1].methods: methods are upper-case"),
-            ("json", |v| v["routes"] = json!([{"path_prefix": "/a", "scopes": []}]), "unknown field `scopes`"),
+            ("json", |v| v["routes"] = json!([{"path_prefix": "/a", "scopes": []}]), "routes[0]: unknown field `scopes`"),
             ("json", |v| v["realm"] = json!("a\"b"), "realm: must be non-empty"),
         ];
         for (format, edit, expected) in table {
