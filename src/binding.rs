@@ -73,8 +73,15 @@ fn is_der_sequence(d: &[u8]) -> bool {
         Some(l) if l < 0x80 => (usize::from(l), 2),
         Some(n @ 0x81..=0x83) => {
             let n = usize::from(n - 0x80);
-            let Some(bytes) = d.get(2..2 + n) else { return false };
-            (bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b)), 2 + n)
+            let Some(bytes) = d.get(2..2 + n) else {
+                return false;
+            };
+            (
+                bytes
+                    .iter()
+                    .fold(0usize, |acc, b| (acc << 8) | usize::from(*b)),
+                2 + n,
+            )
         }
         _ => return false,
     };
@@ -115,7 +122,14 @@ mod tests {
             .map(|c| std::str::from_utf8(c).unwrap())
             .collect::<Vec<_>>()
             .join(":");
-        for bad in [&HEX[..62], &upper, &colons, "", &format!("{HEX}00"), &HEX.replace('b', "g")] {
+        for bad in [
+            &HEX[..62],
+            &upper,
+            &colons,
+            "",
+            &format!("{HEX}00"),
+            &HEX.replace('b', "g"),
+        ] {
             assert!(Thumbprint::from_hex_digest(bad).is_none(), "{bad}");
         }
     }
@@ -170,8 +184,14 @@ Ag==
         let from_pem = Thumbprint::from_pem(pem);
         assert_eq!(from_pem, Some(Thumbprint::from_der(&der)));
         // What `openssl x509 -outform DER | openssl dgst -sha256 -binary | base64url` prints.
-        assert_eq!(from_pem.unwrap().to_x5t(), "wrl7Ls-BvGwSkRW9ti9YRePwLDjKlP1R-4KPWGXjDow");
-        assert!(Thumbprint::from_pem("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").is_none());
+        assert_eq!(
+            from_pem.unwrap().to_x5t(),
+            "wrl7Ls-BvGwSkRW9ti9YRePwLDjKlP1R-4KPWGXjDow"
+        );
+        assert!(Thumbprint::from_pem(
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+        )
+        .is_none());
         assert!(Thumbprint::from_pem("not a pem").is_none());
         // A truncated certificate is not one whole DER SEQUENCE.
         let truncated = pem.replace("Ag==\n", "");

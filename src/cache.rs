@@ -6,6 +6,9 @@
 
 use crate::binding::Thumbprint;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::rc::Rc;
 
 /// The host's shared data, as the cache needs it. `cas` is the host's compare-and-swap token.
 pub trait SharedStore {
@@ -15,7 +18,7 @@ pub trait SharedStore {
 }
 
 /// SHA-256 over namespace, configuration fingerprint and token: the only form of the token kept.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 pub struct TokenKey(pub [u8; 32]);
 
 impl TokenKey {
@@ -66,7 +69,12 @@ pub struct Entry {
 
 /// Unix time at which a positive entry expires: min(token exp, max-age, configured maximum).
 /// `None` when the token is already expired or the answer must not be cached.
-pub fn positive_expiry(now: u64, exp: Option<u64>, max_age: Option<u64>, max_ttl: u64) -> Option<u64> {
+pub fn positive_expiry(
+    now: u64,
+    exp: Option<u64>,
+    max_age: Option<u64>,
+    max_ttl: u64,
+) -> Option<u64> {
     let mut ttl = max_ttl;
     if let Some(exp) = exp {
         ttl = ttl.min(exp.checked_sub(now)?);
@@ -117,6 +125,56 @@ impl TokenCache<'_> {
         }
         if let Some((_, key, cas)) = best {
             store.set(&key, &encode(entry), cas);
+        }
+    }
+}
+
+/// This VM's own copy of recently used entries, in front of shared data: a hit here costs no
+/// host call and no decoding. Bounded: when full, it starts over (shared data still has them).
+pub struct LocalCache {
+    map: HashMap<TokenKey, Rc<Entry>, BuildHasherDefault<KeyHasher>>,
+    capacity: usize,
+}
+
+impl LocalCache {
+    pub fn new(capacity: usize) -> Self {
+        LocalCache {
+            map: HashMap::default(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub fn get(&self, key: &TokenKey, now: u64) -> Option<Rc<Entry>> {
+        self.map.get(key).filter(|e| e.expires_at > now).cloned()
+    }
+
+    pub fn put(&mut self, entry: Rc<Entry>) {
+        if self.map.len() >= self.capacity && !self.map.contains_key(&entry.key) {
+            self.map.clear();
+        }
+        self.map.insert(entry.key, entry);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// The key already is a SHA-256: its first eight bytes are a good hash as they are.
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes.iter().take(8) {
+            self.0 = (self.0 << 8) | u64::from(*b);
         }
     }
 }
@@ -225,11 +283,22 @@ pub fn decode(bytes: &[u8]) -> Option<Entry> {
             for _ in 0..count {
                 headers.push((r.string()?, r.string()?));
             }
-            TokenState::Active(ActiveToken { cnf, scope, client_id, jti, forward_jwt, headers })
+            TokenState::Active(ActiveToken {
+                cnf,
+                scope,
+                client_id,
+                jti,
+                forward_jwt,
+                headers,
+            })
         }
         _ => return None,
     };
-    r.0.is_empty().then_some(Entry { key, expires_at, state })
+    r.0.is_empty().then_some(Entry {
+        key,
+        expires_at,
+        state,
+    })
 }
 
 #[cfg(test)]
@@ -244,7 +313,10 @@ mod tests {
 
     impl SharedStore for MemoryStore {
         fn get(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
-            self.0.borrow().get(key).map(|(v, cas)| (v.clone(), Some(*cas)))
+            self.0
+                .borrow()
+                .get(key)
+                .map(|(v, cas)| (v.clone(), Some(*cas)))
         }
         fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
             let mut map = self.0.borrow_mut();
@@ -258,7 +330,11 @@ mod tests {
     }
 
     fn cache(max_entries: u32) -> TokenCache<'static> {
-        TokenCache { namespace: "certbound", fingerprint: "0011223344556677", max_entries }
+        TokenCache {
+            namespace: "certbound",
+            fingerprint: "0011223344556677",
+            max_entries,
+        }
     }
 
     fn active(token: &str, expires_at: u64) -> Entry {
@@ -280,7 +356,11 @@ mod tests {
     fn entries_round_trip_through_the_encoding() {
         let e = active("tok", 1000);
         assert_eq!(decode(&encode(&e)), Some(e));
-        let inactive = Entry { key: TokenKey([1; 32]), expires_at: 5, state: TokenState::Inactive };
+        let inactive = Entry {
+            key: TokenKey([1; 32]),
+            expires_at: 5,
+            state: TokenState::Inactive,
+        };
         assert_eq!(decode(&encode(&inactive)), Some(inactive));
         let bytes = encode(&active("tok", 1000));
         for cut in 0..bytes.len() {
@@ -319,7 +399,10 @@ mod tests {
         c.insert(&store, &e, 0);
         assert_eq!(c.lookup(&store, &e.key, 999), Some(e.clone()));
         assert_eq!(c.lookup(&store, &e.key, 1000), None);
-        assert_eq!(c.lookup(&store, &TokenKey::new("certbound", "x", "tok"), 0), None);
+        assert_eq!(
+            c.lookup(&store, &TokenKey::new("certbound", "x", "tok"), 0),
+            None
+        );
     }
 
     #[test]
@@ -344,7 +427,10 @@ mod tests {
         for e in &entries {
             c.insert(&store, e, 0);
         }
-        let hits = entries.iter().filter(|e| c.lookup(&store, &e.key, 1).is_some()).count();
+        let hits = entries
+            .iter()
+            .filter(|e| c.lookup(&store, &e.key, 1).is_some())
+            .count();
         assert_eq!(hits, 300);
     }
 
@@ -371,6 +457,22 @@ mod tests {
     }
 
     #[test]
+    fn the_local_cache_serves_live_entries_and_stays_bounded() {
+        let mut local = LocalCache::new(3);
+        let a = Rc::new(active("a", 100));
+        local.put(a.clone());
+        assert_eq!(local.get(&a.key, 99), Some(a.clone()));
+        assert_eq!(local.get(&a.key, 100), None);
+        for t in ["b", "c", "d", "e"] {
+            local.put(Rc::new(active(t, 100)));
+            assert!(local.len() <= 3);
+        }
+        assert!(!local.is_empty());
+        let e = active("e", 100);
+        assert_eq!(local.get(&e.key, 0).as_deref(), Some(&e));
+    }
+
+    #[test]
     fn positive_expiry_is_the_smallest_bound() {
         let table = [
             // now, exp, max-age, max_ttl, expected
@@ -383,7 +485,11 @@ mod tests {
             (100, Some(400), Some(0), 300, None),
         ];
         for (now, exp, age, max, expected) in table {
-            assert_eq!(positive_expiry(now, exp, age, max), expected, "{now} {exp:?} {age:?} {max}");
+            assert_eq!(
+                positive_expiry(now, exp, age, max),
+                expected,
+                "{now} {exp:?} {age:?} {max}"
+            );
         }
     }
 }

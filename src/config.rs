@@ -5,16 +5,13 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// How the identity server answers an introspection request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// RFC 7662 JSON.
-    #[serde(rename = "json")]
     Json,
     /// The phantom-token answer: the body is the JWT access token.
-    #[serde(rename = "jwt")]
     Jwt,
     /// RFC 9701: a signed JWT whose `token_introspection` claim holds the RFC 7662 members.
-    #[serde(rename = "introspection-jwt")]
     IntrospectionJwt,
 }
 
@@ -30,7 +27,7 @@ impl Format {
 }
 
 /// Signature algorithms a returned JWT may use. `none` and HMAC are not representable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
     PS256,
     RS256,
@@ -39,6 +36,13 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    pub const ALL: [Algorithm; 4] = [
+        Algorithm::PS256,
+        Algorithm::RS256,
+        Algorithm::ES256,
+        Algorithm::EdDSA,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Algorithm::PS256 => "PS256",
@@ -162,7 +166,7 @@ struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawIntrospection {
-    format: Option<Format>,
+    format: Option<String>,
     cluster: Option<String>,
     authority: Option<String>,
     path: Option<String>,
@@ -177,7 +181,7 @@ struct RawIntrospection {
 struct RawJwt {
     issuer: Option<String>,
     audiences: Option<Vec<String>>,
-    algorithms: Option<Vec<Algorithm>>,
+    algorithms: Option<Vec<String>>,
     clock_skew_seconds: Option<u64>,
     typ: Option<String>,
     jwks: Option<Value>,
@@ -293,7 +297,10 @@ fn header_name(name: &str, field: &str) -> Result<String, ConfigError> {
 
 fn scopes(list: Vec<String>, field: &str) -> Result<Vec<String>, ConfigError> {
     for s in &list {
-        if s.is_empty() || s.bytes().any(|b| b <= b' ' || b == b'"' || b == b'\\' || b >= 0x7f) {
+        if s.is_empty()
+            || s.bytes()
+                .any(|b| b <= b' ' || b == b'"' || b == b'\\' || b >= 0x7f)
+        {
             return err(field, "scope values must be RFC 6749 scope tokens");
         }
     }
@@ -326,8 +333,17 @@ pub fn parse(raw: &[u8]) -> Result<Config, ConfigError> {
     let Some(i) = section::<RawIntrospection>(c.introspection, "introspection")? else {
         return err("introspection", "is required");
     };
-    let Some(format) = i.format else {
-        return err("introspection.format", "is required");
+    let format = match i.format.as_deref() {
+        None => return err("introspection.format", "is required"),
+        Some("json") => Format::Json,
+        Some("jwt") => Format::Jwt,
+        Some("introspection-jwt") => Format::IntrospectionJwt,
+        Some(other) => {
+            return err(
+                "introspection.format",
+                &format!("unknown format `{other}`, expected json, jwt or introspection-jwt"),
+            )
+        }
     };
     let introspection = Introspection {
         format,
@@ -362,12 +378,24 @@ pub fn parse(raw: &[u8]) -> Result<Config, ConfigError> {
                 (None, Format::IntrospectionJwt) => vec![introspection.client_id.clone()],
                 (None, _) => return err("jwt.audiences", "is required for format jwt"),
             };
-            let algorithms = j.algorithms.unwrap_or_else(|| vec![Algorithm::PS256]);
+            let mut algorithms = Vec::new();
+            for name in j.algorithms.unwrap_or_else(|| vec!["PS256".into()]) {
+                let Some(alg) = Algorithm::ALL.into_iter().find(|a| a.name() == name) else {
+                    return err(
+                        "jwt.algorithms",
+                        &format!("`{name}` is not allowed, expected PS256, RS256, ES256 or EdDSA"),
+                    );
+                };
+                algorithms.push(alg);
+            }
             if algorithms.is_empty() {
                 return err("jwt.algorithms", "must list at least one algorithm");
             }
             if format == Format::IntrospectionJwt && j.typ.is_some() {
-                return err("jwt.typ", "is fixed to token-introspection+jwt for introspection-jwt");
+                return err(
+                    "jwt.typ",
+                    "is fixed to token-introspection+jwt for introspection-jwt",
+                );
             }
             let typ = match format {
                 Format::IntrospectionJwt => Some("token-introspection+jwt".to_string()),
@@ -443,11 +471,16 @@ pub fn parse(raw: &[u8]) -> Result<Config, ConfigError> {
     let mut routes = Vec::new();
     for (n, r) in c.routes.into_iter().enumerate() {
         let field = format!("routes[{n}]");
-        let Some(r) = section::<RawRoute>(Some(r), &field)? else { continue };
+        let Some(r) = section::<RawRoute>(Some(r), &field)? else {
+            continue;
+        };
         let path_prefix = path(r.path_prefix, &format!("{field}.path_prefix"))?;
         for m in &r.methods {
             if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
-                return err(&format!("{field}.methods"), "methods are upper-case tokens like GET");
+                return err(
+                    &format!("{field}.methods"),
+                    "methods are upper-case tokens like GET",
+                );
             }
         }
         routes.push(Route {
@@ -468,7 +501,10 @@ pub fn parse(raw: &[u8]) -> Result<Config, ConfigError> {
     Ok(Config {
         realm: match c.realm {
             Some(r) if r.is_empty() || r.contains(['"', '\\']) => {
-                return err("realm", "must be non-empty and contain no quote or backslash")
+                return err(
+                    "realm",
+                    "must be non-empty and contain no quote or backslash",
+                )
             }
             Some(r) => r,
             None => "certbound".to_string(),
@@ -543,55 +579,263 @@ pub(crate) mod tests {
     fn every_bad_configuration_names_its_field() {
         type Edit = fn(&mut Value);
         let table: Vec<(&str, Edit, &str)> = vec![
-            ("json", |v| v["bogus"] = json!(1), "configuration: unknown field `bogus`"),
-            ("json", |v| v["introspection"]["bogus"] = json!(1), "introspection: unknown field `bogus`"),
-            ("json", |v| v["introspection"]["format"] = json!("xml"), "introspection: unknown variant `xml`"),
-            ("json", |v| { v.as_object_mut().unwrap().remove("introspection"); }, "introspection: is required"),
-            ("json", |v| { v["introspection"].as_object_mut().unwrap().remove("format"); }, "introspection.format: is required"),
-            ("json", |v| { v["introspection"].as_object_mut().unwrap().remove("cluster"); }, "introspection.cluster: is required"),
-            ("json", |v| v["introspection"]["authority"] = json!(""), "introspection.authority: must not be empty"),
-            ("json", |v| v["introspection"]["path"] = json!("introspect"), "introspection.path: must start with '/'"),
-            ("json", |v| { v["introspection"].as_object_mut().unwrap().remove("client_id"); }, "introspection.client_id: is required"),
-            ("json", |v| { v["introspection"].as_object_mut().unwrap().remove("client_secret"); }, "introspection.client_secret: is required"),
-            ("json", |v| v["introspection"]["timeout_ms"] = json!(0), "introspection.timeout_ms: must be greater than 0"),
-            ("json", |v| v["introspection"]["max_body_bytes"] = json!(0), "introspection.max_body_bytes: must be greater than 0"),
-            ("json", |v| v["max_token_length"] = json!(0), "max_token_length: must be between"),
-            ("json", |v| v["jwt"] = json!({}), "jwt: is only used by the JWT formats"),
-            ("jwt", |v| { v.as_object_mut().unwrap().remove("jwt"); }, "jwt: is required for the JWT formats"),
-            ("jwt", |v| { v["jwt"].as_object_mut().unwrap().remove("issuer"); }, "jwt.issuer: is required"),
-            ("jwt", |v| { v["jwt"].as_object_mut().unwrap().remove("audiences"); }, "jwt.audiences: is required for format jwt"),
-            ("jwt", |v| v["jwt"]["audiences"] = json!([]), "jwt.audiences: must list non-empty audiences"),
-            ("jwt", |v| v["jwt"]["algorithms"] = json!([]), "jwt.algorithms: must list at least one"),
-            ("jwt", |v| v["jwt"]["algorithms"] = json!(["none"]), "jwt: unknown variant `none`"),
-            ("jwt", |v| v["jwt"]["algorithms"] = json!(["HS256"]), "jwt: unknown variant `HS256`"),
-            ("jwt", |v| v["jwt"]["clock_skew_seconds"] = json!(3600), "jwt.clock_skew_seconds: must be at most 600"),
-            ("jwt", |v| { v["jwt"].as_object_mut().unwrap().remove("jwks"); }, "jwt.jwks: is required"),
-            ("jwt", |v| { v["jwt"]["jwks"].as_object_mut().unwrap().remove("cluster"); }, "jwt.jwks.cluster: is required"),
-            ("jwt", |v| v["jwt"]["jwks"]["bogus"] = json!(1), "jwt.jwks: unknown field `bogus`"),
-            ("json", |v| v["introspection"]["timeout_ms"] = json!("fast"), "introspection: invalid type"),
-            ("jwt", |v| v["jwt"]["jwks"]["path"] = json!("jwks"), "jwt.jwks.path: must start with '/'"),
-            ("jwt", |v| v["jwt"]["jwks"]["max_age_seconds"] = json!(0), "jwt.jwks.max_age_seconds: must be greater than 0"),
-            ("jwt", |v| v["jwt"]["jwks"]["min_refetch_interval_seconds"] = json!(0), "jwt.jwks.min_refetch_interval_seconds: must be greater than 0"),
-            ("introspection-jwt", |v| v["jwt"]["typ"] = json!("JWT"), "jwt.typ: is fixed"),
-            ("json", |v| v["cache"] = json!({"max_entries": 0}), "cache.max_entries: must be between"),
-            ("json", |v| v["cache"] = json!({"namespace": "a/b"}), "cache.namespace: must be non-empty"),
-            ("json", |v| v["cache"] = json!({"max_ttl_seconds": 0}), "cache.max_ttl_seconds: must be greater than 0"),
-            ("json", |v| v["cache"] = json!({"negative_ttl_seconds": 0}), "cache.negative_ttl_seconds: must be greater than 0"),
-            ("json", |v| v["cache"] = json!({"size": 1}), "cache: unknown field `size`"),
-            ("json", |v| v["claim_headers"] = json!({"sub": "bad header"}), "claim_headers.sub: is not a valid HTTP header name"),
-            ("json", |v| v["claim_headers"] = json!({"sub": "Authorization"}), "claim_headers.sub: must not name a header the proxy owns"),
-            ("json", |v| v["claim_headers"] = json!({"sub": "x-a", "client_id": "X-A"}), "claim_headers.sub: names a header already used"),
-            ("json", |v| v["default_policy"] = json!({"required_scopes": ["a b"]}), "default_policy.required_scopes: scope values"),
-            ("json", |v| v["routes"] = json!([{"methods": ["GET"]}]), "routes[0].path_prefix: is required"),
-            ("json", |v| v["routes"] = json!([{"path_prefix": "/a"}, {"path_prefix": "/b", "methods": ["get"]}]), "routes[1].methods: methods are upper-case"),
-            ("json", |v| v["routes"] = json!([{"path_prefix": "/a", "scopes": []}]), "routes[0]: unknown field `scopes`"),
-            ("json", |v| v["realm"] = json!("a\"b"), "realm: must be non-empty"),
+            (
+                "json",
+                |v| v["bogus"] = json!(1),
+                "configuration: unknown field `bogus`",
+            ),
+            (
+                "json",
+                |v| v["introspection"]["bogus"] = json!(1),
+                "introspection: unknown field `bogus`",
+            ),
+            (
+                "json",
+                |v| v["introspection"]["format"] = json!("xml"),
+                "introspection.format: unknown format `xml`",
+            ),
+            (
+                "json",
+                |v| {
+                    v.as_object_mut().unwrap().remove("introspection");
+                },
+                "introspection: is required",
+            ),
+            (
+                "json",
+                |v| {
+                    v["introspection"].as_object_mut().unwrap().remove("format");
+                },
+                "introspection.format: is required",
+            ),
+            (
+                "json",
+                |v| {
+                    v["introspection"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("cluster");
+                },
+                "introspection.cluster: is required",
+            ),
+            (
+                "json",
+                |v| v["introspection"]["authority"] = json!(""),
+                "introspection.authority: must not be empty",
+            ),
+            (
+                "json",
+                |v| v["introspection"]["path"] = json!("introspect"),
+                "introspection.path: must start with '/'",
+            ),
+            (
+                "json",
+                |v| {
+                    v["introspection"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("client_id");
+                },
+                "introspection.client_id: is required",
+            ),
+            (
+                "json",
+                |v| {
+                    v["introspection"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("client_secret");
+                },
+                "introspection.client_secret: is required",
+            ),
+            (
+                "json",
+                |v| v["introspection"]["timeout_ms"] = json!(0),
+                "introspection.timeout_ms: must be greater than 0",
+            ),
+            (
+                "json",
+                |v| v["introspection"]["max_body_bytes"] = json!(0),
+                "introspection.max_body_bytes: must be greater than 0",
+            ),
+            (
+                "json",
+                |v| v["max_token_length"] = json!(0),
+                "max_token_length: must be between",
+            ),
+            (
+                "json",
+                |v| v["jwt"] = json!({}),
+                "jwt: is only used by the JWT formats",
+            ),
+            (
+                "jwt",
+                |v| {
+                    v.as_object_mut().unwrap().remove("jwt");
+                },
+                "jwt: is required for the JWT formats",
+            ),
+            (
+                "jwt",
+                |v| {
+                    v["jwt"].as_object_mut().unwrap().remove("issuer");
+                },
+                "jwt.issuer: is required",
+            ),
+            (
+                "jwt",
+                |v| {
+                    v["jwt"].as_object_mut().unwrap().remove("audiences");
+                },
+                "jwt.audiences: is required for format jwt",
+            ),
+            (
+                "jwt",
+                |v| v["jwt"]["audiences"] = json!([]),
+                "jwt.audiences: must list non-empty audiences",
+            ),
+            (
+                "jwt",
+                |v| v["jwt"]["algorithms"] = json!([]),
+                "jwt.algorithms: must list at least one",
+            ),
+            (
+                "jwt",
+                |v| v["jwt"]["algorithms"] = json!(["none"]),
+                "jwt.algorithms: `none` is not allowed",
+            ),
+            (
+                "jwt",
+                |v| v["jwt"]["algorithms"] = json!(["HS256"]),
+                "jwt.algorithms: `HS256` is not allowed",
+            ),
+            (
+                "jwt",
+                |v| v["jwt"]["clock_skew_seconds"] = json!(3600),
+                "jwt.clock_skew_seconds: must be at most 600",
+            ),
+            (
+                "jwt",
+                |v| {
+                    v["jwt"].as_object_mut().unwrap().remove("jwks");
+                },
+                "jwt.jwks: is required",
+            ),
+            (
+                "jwt",
+                |v| {
+                    v["jwt"]["jwks"].as_object_mut().unwrap().remove("cluster");
+                },
+                "jwt.jwks.cluster: is required",
+            ),
+            (
+                "jwt",
+                |v| v["jwt"]["jwks"]["bogus"] = json!(1),
+                "jwt.jwks: unknown field `bogus`",
+            ),
+            (
+                "json",
+                |v| v["introspection"]["timeout_ms"] = json!("fast"),
+                "introspection: invalid type",
+            ),
+            (
+                "jwt",
+                |v| v["jwt"]["jwks"]["path"] = json!("jwks"),
+                "jwt.jwks.path: must start with '/'",
+            ),
+            (
+                "jwt",
+                |v| v["jwt"]["jwks"]["max_age_seconds"] = json!(0),
+                "jwt.jwks.max_age_seconds: must be greater than 0",
+            ),
+            (
+                "jwt",
+                |v| v["jwt"]["jwks"]["min_refetch_interval_seconds"] = json!(0),
+                "jwt.jwks.min_refetch_interval_seconds: must be greater than 0",
+            ),
+            (
+                "introspection-jwt",
+                |v| v["jwt"]["typ"] = json!("JWT"),
+                "jwt.typ: is fixed",
+            ),
+            (
+                "json",
+                |v| v["cache"] = json!({"max_entries": 0}),
+                "cache.max_entries: must be between",
+            ),
+            (
+                "json",
+                |v| v["cache"] = json!({"namespace": "a/b"}),
+                "cache.namespace: must be non-empty",
+            ),
+            (
+                "json",
+                |v| v["cache"] = json!({"max_ttl_seconds": 0}),
+                "cache.max_ttl_seconds: must be greater than 0",
+            ),
+            (
+                "json",
+                |v| v["cache"] = json!({"negative_ttl_seconds": 0}),
+                "cache.negative_ttl_seconds: must be greater than 0",
+            ),
+            (
+                "json",
+                |v| v["cache"] = json!({"size": 1}),
+                "cache: unknown field `size`",
+            ),
+            (
+                "json",
+                |v| v["claim_headers"] = json!({"sub": "bad header"}),
+                "claim_headers.sub: is not a valid HTTP header name",
+            ),
+            (
+                "json",
+                |v| v["claim_headers"] = json!({"sub": "Authorization"}),
+                "claim_headers.sub: must not name a header the proxy owns",
+            ),
+            (
+                "json",
+                |v| v["claim_headers"] = json!({"sub": "x-a", "client_id": "X-A"}),
+                "claim_headers.sub: names a header already used",
+            ),
+            (
+                "json",
+                |v| v["default_policy"] = json!({"required_scopes": ["a b"]}),
+                "default_policy.required_scopes: scope values",
+            ),
+            (
+                "json",
+                |v| v["routes"] = json!([{"methods": ["GET"]}]),
+                "routes[0].path_prefix: is required",
+            ),
+            (
+                "json",
+                |v| {
+                    v["routes"] =
+                        json!([{"path_prefix": "/a"}, {"path_prefix": "/b", "methods": ["get"]}])
+                },
+                "routes[1].methods: methods are upper-case",
+            ),
+            (
+                "json",
+                |v| v["routes"] = json!([{"path_prefix": "/a", "scopes": []}]),
+                "routes[0]: unknown field `scopes`",
+            ),
+            (
+                "json",
+                |v| v["realm"] = json!("a\"b"),
+                "realm: must be non-empty",
+            ),
         ];
         for (format, edit, expected) in table {
             let mut v = minimal(format);
             edit(&mut v);
             let e = parse_value(&v).expect_err(expected);
-            assert!(e.0.contains(expected), "expected `{expected}`, got `{}`", e.0);
+            assert!(
+                e.0.contains(expected),
+                "expected `{expected}`, got `{}`",
+                e.0
+            );
         }
         assert!(parse(b"not json").is_err());
     }
@@ -605,8 +849,14 @@ pub(crate) mod tests {
         ]);
         let c = parse_value(&v).unwrap();
         let policy_for = |m, p| c.policy(c.route_for(m, p));
-        assert_eq!(policy_for("POST", "/api/transactions?x=1").required_scopes, ["write"]);
-        assert_eq!(policy_for("GET", "/api/transactions").required_scopes, ["read"]);
+        assert_eq!(
+            policy_for("POST", "/api/transactions?x=1").required_scopes,
+            ["write"]
+        );
+        assert_eq!(
+            policy_for("GET", "/api/transactions").required_scopes,
+            ["read"]
+        );
         assert!(!policy_for("GET", "/api/transactions").require_binding);
         assert!(policy_for("GET", "/health").required_scopes.is_empty());
         assert!(policy_for("GET", "/health").require_binding);

@@ -51,7 +51,10 @@ impl DenyReason {
 
     /// The suffix of `certbound.requests_denied.<reason>`.
     pub fn metric(self) -> &'static str {
-        Self::ALL_METRICS.get(self.index()).copied().unwrap_or("unknown")
+        Self::ALL_METRICS
+            .get(self.index())
+            .copied()
+            .unwrap_or("unknown")
     }
 
     pub fn status(self) -> u32 {
@@ -87,7 +90,9 @@ impl DenyReason {
             DenyReason::CertificateMismatch => "the access token is bound to another certificate",
             DenyReason::ClientNotAllowed => "the access token's client may not use this route",
             DenyReason::InsufficientScope => "the access token lacks a required scope",
-            DenyReason::IntrospectionUnavailable(_) => "the token could not be checked, try again later",
+            DenyReason::IntrospectionUnavailable(_) => {
+                "the token could not be checked, try again later"
+            }
             DenyReason::IntrospectionBadResponse(_) => "the token could not be checked",
         }
     }
@@ -95,7 +100,8 @@ impl DenyReason {
     /// The operator-facing detail for the log; never sent to the client for 5xx.
     pub fn detail(self) -> &'static str {
         match self {
-            DenyReason::IntrospectionUnavailable(why) | DenyReason::IntrospectionBadResponse(why) => why,
+            DenyReason::IntrospectionUnavailable(why)
+            | DenyReason::IntrospectionBadResponse(why) => why,
             other => other.description(),
         }
     }
@@ -129,7 +135,11 @@ pub fn decide<'a>(
         return Err(DenyReason::ClientNotAllowed);
     }
     let granted: Vec<&str> = token.scope.split(' ').collect();
-    if !policy.required_scopes.iter().all(|s| granted.contains(&s.as_str())) {
+    if !policy
+        .required_scopes
+        .iter()
+        .all(|s| granted.contains(&s.as_str()))
+    {
         return Err(DenyReason::InsufficientScope);
     }
     Ok(token)
@@ -165,23 +175,72 @@ mod tests {
         let bound = token(Some(mine), "transactions read");
         let unbound = token(None, "transactions");
         let p = policy(&["transactions"], true, &[]);
-        let table: Vec<(&TokenState, Option<&Thumbprint>, Policy, Result<(), DenyReason>)> = vec![
+        let table: Vec<(
+            &TokenState,
+            Option<&Thumbprint>,
+            Policy,
+            Result<(), DenyReason>,
+        )> = vec![
             (&bound, Some(&mine), p.clone(), Ok(())),
             (&bound, Some(&other), p.clone(), Err(CertificateMismatch)),
             (&bound, None, p.clone(), Err(NoClientCertificate)),
-            (&TokenState::Inactive, Some(&mine), p.clone(), Err(InactiveToken)),
+            (
+                &TokenState::Inactive,
+                Some(&mine),
+                p.clone(),
+                Err(InactiveToken),
+            ),
             (&unbound, Some(&mine), p.clone(), Err(TokenNotBound)),
-            (&unbound, None, policy(&["transactions"], false, &[]), Ok(())),
+            (
+                &unbound,
+                None,
+                policy(&["transactions"], false, &[]),
+                Ok(()),
+            ),
             // A bound token is checked even where binding is optional.
-            (&bound, Some(&other), policy(&[], false, &[]), Err(CertificateMismatch)),
-            (&bound, Some(&mine), policy(&["admin"], true, &[]), Err(InsufficientScope)),
-            (&bound, Some(&mine), policy(&["read", "transactions"], true, &[]), Ok(())),
-            (&bound, Some(&mine), policy(&["trans"], true, &[]), Err(InsufficientScope)),
-            (&bound, Some(&mine), policy(&[], true, &["partner-client"]), Ok(())),
-            (&bound, Some(&mine), policy(&[], true, &["someone-else"]), Err(ClientNotAllowed)),
+            (
+                &bound,
+                Some(&other),
+                policy(&[], false, &[]),
+                Err(CertificateMismatch),
+            ),
+            (
+                &bound,
+                Some(&mine),
+                policy(&["admin"], true, &[]),
+                Err(InsufficientScope),
+            ),
+            (
+                &bound,
+                Some(&mine),
+                policy(&["read", "transactions"], true, &[]),
+                Ok(()),
+            ),
+            (
+                &bound,
+                Some(&mine),
+                policy(&["trans"], true, &[]),
+                Err(InsufficientScope),
+            ),
+            (
+                &bound,
+                Some(&mine),
+                policy(&[], true, &["partner-client"]),
+                Ok(()),
+            ),
+            (
+                &bound,
+                Some(&mine),
+                policy(&[], true, &["someone-else"]),
+                Err(ClientNotAllowed),
+            ),
         ];
         for (state, cert, policy, expected) in table {
-            assert_eq!(decide(state, cert, &policy).map(|_| ()), expected, "{state:?} {cert:?} {policy:?}");
+            assert_eq!(
+                decide(state, cert, &policy).map(|_| ()),
+                expected,
+                "{state:?} {cert:?} {policy:?}"
+            );
         }
     }
 
@@ -189,8 +248,15 @@ mod tests {
     fn every_reason_has_a_distinct_metric_and_a_standard_reply() {
         use DenyReason::*;
         let all = [
-            MissingToken, InvalidRequest("x"), InactiveToken, NoClientCertificate, TokenNotBound,
-            CertificateMismatch, ClientNotAllowed, InsufficientScope, IntrospectionUnavailable("x"),
+            MissingToken,
+            InvalidRequest("x"),
+            InactiveToken,
+            NoClientCertificate,
+            TokenNotBound,
+            CertificateMismatch,
+            ClientNotAllowed,
+            InsufficientScope,
+            IntrospectionUnavailable("x"),
             IntrospectionBadResponse("x"),
         ];
         let metrics: std::collections::HashSet<_> = all.iter().map(|r| r.metric()).collect();

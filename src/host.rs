@@ -36,9 +36,16 @@ pub fn now() -> u64 {
 
 /// The thumbprint of this connection's client certificate: Envoy's digest, else its PEM.
 pub fn client_thumbprint() -> Option<Thumbprint> {
-    let property = |name| hostcalls::get_property(vec!["connection", name]).ok().flatten();
+    let property = |name| {
+        hostcalls::get_property(vec!["connection", name])
+            .ok()
+            .flatten()
+    };
     if let Some(digest) = property("sha256_peer_certificate_digest") {
-        if let Some(t) = std::str::from_utf8(&digest).ok().and_then(Thumbprint::from_hex_digest) {
+        if let Some(t) = std::str::from_utf8(&digest)
+            .ok()
+            .and_then(Thumbprint::from_hex_digest)
+        {
             return Some(t);
         }
     }
@@ -46,8 +53,17 @@ pub fn client_thumbprint() -> Option<Thumbprint> {
     Thumbprint::from_pem(std::str::from_utf8(&pem).ok()?)
 }
 
-pub fn request_headers() -> Vec<(String, String)> {
-    hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+/// One request header (`:path`, `authorization`, ...); repeated headers arrive joined by Envoy.
+pub fn request_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+}
+
+/// Makes the following host calls act on another context (a request waiting on this one).
+/// False if that context no longer exists.
+pub fn set_effective_context(context_id: u32) -> bool {
+    hostcalls::set_effective_context(context_id).is_ok()
 }
 
 /// Sets (or with `None` removes) a request header. False if the host refused.
@@ -61,7 +77,11 @@ pub fn resume_request() {
 }
 
 pub fn send_reply(reply: &Reply) {
-    let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let headers: Vec<(&str, &str)> = reply
+        .headers
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .collect();
     let _ = hostcalls::send_http_response(reply.status, headers, Some(&reply.body));
 }
 
@@ -78,7 +98,12 @@ pub fn dispatch(
         (":path", &endpoint.path),
         (":authority", &endpoint.authority),
     ];
-    headers.extend(extra_headers.iter().filter(|(k, _)| !k.starts_with(':')).map(|(k, v)| (*k, v.as_str())));
+    headers.extend(
+        extra_headers
+            .iter()
+            .filter(|(k, _)| !k.starts_with(':'))
+            .map(|(k, v)| (*k, v.as_str())),
+    );
     hostcalls::dispatch_http_call(
         &endpoint.cluster,
         headers,
@@ -97,7 +122,11 @@ pub struct CallResponse {
 }
 
 pub fn call_response(body_size: usize, max_body: usize) -> CallResponse {
-    let header = |name| hostcalls::get_map_value(MapType::HttpCallResponseHeaders, name).ok().flatten();
+    let header = |name| {
+        hostcalls::get_map_value(MapType::HttpCallResponseHeaders, name)
+            .ok()
+            .flatten()
+    };
     let body = if body_size > max_body {
         None
     } else if body_size == 0 {
@@ -138,7 +167,9 @@ pub enum Metric {
 
 impl Metrics {
     pub fn define() -> Result<Metrics, Status> {
-        let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, &format!("certbound.{name}"));
+        let counter = |name: &str| {
+            hostcalls::define_metric(MetricType::Counter, &format!("certbound.{name}"))
+        };
         let mut denied = [0; DenyReason::ALL_METRICS.len()];
         for (id, reason) in denied.iter_mut().zip(DenyReason::ALL_METRICS) {
             *id = counter(&format!("requests_denied.{reason}"))?;

@@ -4,294 +4,473 @@ use crate::binding::Thumbprint;
 use crate::cache::{Entry, TokenCache, TokenKey, TokenState};
 use crate::config::Config;
 use crate::decision::{self, DenyReason};
-use crate::host::{self, HostStore, Metric, Metrics};
+use crate::host::{self, HostStore, Metric};
 use crate::introspection::{self, Answer, Failure};
 use crate::jwks::{self, JwksStore, KeySet};
 use crate::jwt;
 use crate::response;
+use crate::root::Shared;
 use crate::token::{self, TokenError};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
 
+/// A request waiting for another request's introspection of the same token.
+pub struct Waiter {
+    context_id: u32,
+    thumbprint: Option<Thumbprint>,
+    route: Option<usize>,
+}
+
 /// What the context waits for while the request is paused.
 enum Pending {
     Nothing,
-    Introspection { key: TokenKey },
-    Jwks { key: TokenKey, jwt: String, max_age: Option<u64> },
+    Introspection {
+        key: TokenKey,
+    },
+    Jwks {
+        key: TokenKey,
+        jwt: String,
+        max_age: Option<u64>,
+    },
+}
+
+/// How a miss ended: a token state (cached if it may be), or a failure (never cached).
+enum Outcome {
+    Known(Rc<Entry>),
+    Failed(Failure),
 }
 
 pub struct Http {
-    config: Option<Rc<Config>>,
-    metrics: Option<Rc<Metrics>>,
+    id: u32,
+    shared: Option<Rc<Shared>>,
     pending: Pending,
     route: Option<usize>,
     thumbprint: Option<Thumbprint>,
 }
 
-impl Http {
-    pub fn new(config: Option<Rc<Config>>, metrics: Option<Rc<Metrics>>) -> Self {
-        Http { config, metrics, pending: Pending::Nothing, route: None, thumbprint: None }
-    }
+/// Replies locally: the request never reaches the upstream.
+fn deny(
+    sh: &Shared,
+    reason: DenyReason,
+    thumbprint: Option<&Thumbprint>,
+    route: Option<usize>,
+    jti: Option<&str>,
+) -> Action {
+    let x5t = thumbprint.map(Thumbprint::to_x5t);
+    log::warn!(
+        "denied {} ({}): client certificate x5t#S256={} jti={}",
+        reason.metric(),
+        reason.detail(),
+        x5t.as_deref().unwrap_or("none"),
+        jti.unwrap_or("-")
+    );
+    sh.metrics.count(Metric::Denied(reason));
+    let cfg = &sh.config;
+    host::send_reply(&response::deny(
+        reason,
+        &cfg.realm,
+        &cfg.policy(route).required_scopes,
+    ));
+    Action::Pause
+}
 
-    fn count(&self, metric: Metric) {
-        if let Some(m) = &self.metrics {
-            m.count(metric);
+/// Decides on a known token for one request of the current context: allow (rewriting its
+/// headers) or deny.
+fn decide_and_apply(
+    sh: &Shared,
+    state: &TokenState,
+    thumbprint: Option<&Thumbprint>,
+    route: Option<usize>,
+) -> Action {
+    let cfg = &sh.config;
+    match decision::decide(state, thumbprint, cfg.policy(route)) {
+        Err(reason) => {
+            let jti = match state {
+                TokenState::Active(t) => t.jti.as_deref(),
+                TokenState::Inactive => None,
+            };
+            deny(sh, reason, thumbprint, route, jti)
+        }
+        Ok(token) => {
+            if let Some(jwt) = &token.forward_jwt {
+                host::set_request_header("authorization", Some(&format!("Bearer {jwt}")));
+            }
+            // Setting replaces the client's copy; a claim the token lacks removes it.
+            for (_, name) in &cfg.claim_headers {
+                let value = token
+                    .headers
+                    .iter()
+                    .find(|(h, _)| h == name)
+                    .map(|(_, v)| v.as_str());
+                host::set_request_header(name, value);
+            }
+            sh.metrics.count(Metric::Allowed);
+            Action::Continue
         }
     }
+}
 
-    /// Replies locally and stops: the request never reaches the upstream.
-    fn deny(&self, cfg: &Config, reason: DenyReason, jti: Option<&str>) -> Action {
-        let thumbprint = self.thumbprint.map(|t| t.to_x5t());
-        log::warn!(
-            "certbound: denied {} ({}): client certificate x5t#S256={} jti={}",
-            reason.metric(),
-            reason.detail(),
-            thumbprint.as_deref().unwrap_or("none"),
-            jti.unwrap_or("-")
-        );
-        self.count(Metric::Denied(reason));
-        let policy = cfg.policy(self.route);
-        host::send_reply(&response::deny(reason, &cfg.realm, &policy.required_scopes));
-        Action::Pause
+fn apply(
+    sh: &Shared,
+    outcome: &Outcome,
+    thumbprint: Option<&Thumbprint>,
+    route: Option<usize>,
+) -> Action {
+    match outcome {
+        Outcome::Known(entry) => decide_and_apply(sh, &entry.state, thumbprint, route),
+        Outcome::Failed(Failure::Unavailable(why)) => deny(
+            sh,
+            DenyReason::IntrospectionUnavailable(why),
+            thumbprint,
+            route,
+            None,
+        ),
+        Outcome::Failed(Failure::Bad(why)) => deny(
+            sh,
+            DenyReason::IntrospectionBadResponse(why),
+            thumbprint,
+            route,
+            None,
+        ),
     }
+}
 
-    fn fail(&self, cfg: &Config, failure: Failure) -> Action {
-        self.count(Metric::IntrospectionFailure);
-        let reason = match failure {
-            Failure::Unavailable(why) => DenyReason::IntrospectionUnavailable(why),
-            Failure::Bad(why) => DenyReason::IntrospectionBadResponse(why),
-        };
-        self.deny(cfg, reason, None)
-    }
-
-    /// Decides on a known token state: allow (rewriting headers) or deny.
-    fn finish(&self, cfg: &Config, state: &TokenState) -> Action {
-        match decision::decide(state, self.thumbprint.as_ref(), cfg.policy(self.route)) {
-            Err(reason) => {
-                let jti = match state {
-                    TokenState::Active(t) => t.jti.as_deref(),
-                    TokenState::Inactive => None,
-                };
-                self.deny(cfg, reason, jti)
-            }
-            Ok(token) => {
-                if let Some(jwt) = &token.forward_jwt {
-                    host::set_request_header("authorization", Some(&format!("Bearer {jwt}")));
-                }
-                for (name, value) in &token.headers {
-                    host::set_request_header(name, Some(value));
-                }
-                self.count(Metric::Allowed);
+/// Answers every request that waited for `key`, each in its own context.
+fn release_waiters(sh: &Shared, key: &TokenKey, outcome: &Outcome) -> bool {
+    let waiters = sh.inflight.borrow_mut().remove(key).unwrap_or_default();
+    for w in &waiters {
+        // A waiter whose stream has gone is simply skipped.
+        if host::set_effective_context(w.context_id)
+            && matches!(
+                apply(sh, outcome, w.thumbprint.as_ref(), w.route),
                 Action::Continue
-            }
+            )
+        {
+            host::resume_request();
+        }
+    }
+    !waiters.is_empty()
+}
+
+fn token_cache(cfg: &Config) -> TokenCache<'_> {
+    TokenCache {
+        namespace: &cfg.cache.namespace,
+        fingerprint: &cfg.fingerprint,
+        max_entries: cfg.cache.max_entries,
+    }
+}
+
+fn jwks_store(cfg: &Config) -> JwksStore<'_> {
+    JwksStore {
+        namespace: &cfg.cache.namespace,
+        fingerprint: &cfg.fingerprint,
+    }
+}
+
+impl Http {
+    pub fn new(id: u32, shared: Option<Rc<Shared>>) -> Self {
+        Http {
+            id,
+            shared,
+            pending: Pending::Nothing,
+            route: None,
+            thumbprint: None,
         }
     }
 
-    fn cache<'a>(&self, cfg: &'a Config) -> TokenCache<'a> {
-        TokenCache {
-            namespace: &cfg.cache.namespace,
-            fingerprint: &cfg.fingerprint,
-            max_entries: cfg.cache.max_entries,
+    fn on_request(&mut self, sh: &Shared) -> Action {
+        let cfg = &sh.config;
+        if !cfg.routes.is_empty() {
+            let method = host::request_header(":method").unwrap_or_default();
+            let path = host::request_header(":path").unwrap_or_default();
+            self.route = cfg.route_for(&method, &path);
         }
-    }
-
-    /// Caches a new entry when it may live, then decides on it.
-    fn store_and_finish(&self, cfg: &Config, entry: Entry, now: u64) -> Action {
-        if entry.expires_at > now {
-            self.cache(cfg).insert(&HostStore, &entry, now);
-        }
-        self.finish(cfg, &entry.state)
-    }
-
-    fn on_request(&mut self, cfg: &Config) -> Action {
-        // A client's copy of a header this filter sets never reaches the upstream.
-        for (_, name) in &cfg.claim_headers {
-            host::set_request_header(name, None);
-        }
-        let headers = host::request_headers();
-        let value = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-        self.route = cfg.route_for(value(":method").unwrap_or(""), value(":path").unwrap_or(""));
         self.thumbprint = host::client_thumbprint();
 
-        let authorization: Vec<&str> = headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
-            .map(|(_, v)| v.as_str())
-            .collect();
-        let token = match token::bearer_token(&authorization, cfg.max_token_length) {
+        let authorization = host::request_header("authorization");
+        // Envoy joins repeated Authorization headers into one value with ',', which no
+        // b64token contains: several headers are refused as malformed.
+        let values: Vec<&str> = authorization.as_deref().into_iter().collect();
+        let token = match token::bearer_token(&values, cfg.max_token_length) {
             Ok(t) => t,
-            Err(TokenError::Missing) => return self.deny(cfg, DenyReason::MissingToken, None),
+            Err(TokenError::Missing) => {
+                return deny(
+                    sh,
+                    DenyReason::MissingToken,
+                    self.thumbprint.as_ref(),
+                    self.route,
+                    None,
+                )
+            }
             Err(TokenError::Malformed(why)) => {
-                return self.deny(cfg, DenyReason::InvalidRequest(why), None)
+                return deny(
+                    sh,
+                    DenyReason::InvalidRequest(why),
+                    self.thumbprint.as_ref(),
+                    self.route,
+                    None,
+                )
             }
         };
         let key = TokenKey::new(&cfg.cache.namespace, &cfg.fingerprint, token);
-        if let Some(entry) = self.cache(cfg).lookup(&HostStore, &key, host::now()) {
-            self.count(Metric::CacheHit);
-            return self.finish(cfg, &entry.state);
+        let now = host::now();
+        let local = sh.local.borrow().get(&key, now);
+        let entry = local.or_else(|| {
+            let entry = Rc::new(token_cache(cfg).lookup(&HostStore, &key, now)?);
+            sh.local.borrow_mut().put(entry.clone());
+            Some(entry)
+        });
+        if let Some(entry) = entry {
+            sh.metrics.count(Metric::CacheHit);
+            return decide_and_apply(sh, &entry.state, self.thumbprint.as_ref(), self.route);
         }
-        self.count(Metric::CacheMiss);
+        sh.metrics.count(Metric::CacheMiss);
 
+        if let Some(waiters) = sh.inflight.borrow_mut().get_mut(&key) {
+            waiters.push(Waiter {
+                context_id: self.id,
+                thumbprint: self.thumbprint,
+                route: self.route,
+            });
+            return Action::Pause;
+        }
         let (headers, body) = introspection::request(&cfg.introspection, token);
         let i = &cfg.introspection;
         match host::dispatch(&i.endpoint, "POST", &headers, Some(&body), i.timeout_ms) {
             Ok(_) => {
-                self.count(Metric::IntrospectionCall);
+                sh.metrics.count(Metric::IntrospectionCall);
+                sh.inflight.borrow_mut().insert(key, Vec::new());
                 self.pending = Pending::Introspection { key };
                 Action::Pause
             }
             Err(status) => {
-                log::warn!("certbound: introspection dispatch failed: {status:?}");
-                self.fail(cfg, Failure::Unavailable("the introspection call could not be dispatched"))
+                log::warn!("introspection dispatch failed: {status:?}");
+                sh.metrics.count(Metric::IntrospectionFailure);
+                let why = "the introspection call could not be dispatched";
+                apply(
+                    sh,
+                    &Outcome::Failed(Failure::Unavailable(why)),
+                    self.thumbprint.as_ref(),
+                    self.route,
+                )
             }
         }
     }
 
-    fn on_introspection(&mut self, cfg: &Config, key: TokenKey, body_size: usize) -> Action {
+    /// Ends a miss: caches what may be cached, answers the waiters, then this request.
+    fn conclude(&mut self, sh: &Shared, key: TokenKey, outcome: Outcome, now: u64) -> Action {
+        match &outcome {
+            Outcome::Known(entry) if entry.expires_at > now => {
+                token_cache(&sh.config).insert(&HostStore, entry, now);
+                sh.local.borrow_mut().put(entry.clone());
+            }
+            Outcome::Known(_) => {}
+            Outcome::Failed(_) => sh.metrics.count(Metric::IntrospectionFailure),
+        }
+        if release_waiters(sh, &key, &outcome) {
+            host::set_effective_context(self.id);
+        }
+        apply(sh, &outcome, self.thumbprint.as_ref(), self.route)
+    }
+
+    fn on_introspection(&mut self, sh: &Shared, key: TokenKey, body_size: usize) -> Action {
+        let cfg = &sh.config;
         let now = host::now();
         let r = host::call_response(body_size, cfg.introspection.max_body_bytes);
         let Some(body) = r.body else {
-            return self.fail(cfg, Failure::Bad("the introspection answer is too large"));
+            return self.conclude(
+                sh,
+                key,
+                Outcome::Failed(Failure::Bad("the introspection answer is too large")),
+                now,
+            );
         };
         let max_age = introspection::max_age(r.cache_control.as_deref());
-        match introspection::classify(cfg.introspection.format, r.status, &body) {
-            Err(f) => self.fail(cfg, f),
+        let outcome = match introspection::classify(cfg.introspection.format, r.status, &body) {
+            Err(f) => Outcome::Failed(f),
             Ok(Answer::Inactive) => {
-                self.store_and_finish(cfg, introspection::inactive_entry(key, now, cfg), now)
+                Outcome::Known(Rc::new(introspection::inactive_entry(key, now, cfg)))
             }
             Ok(Answer::Members(m)) => {
                 match introspection::entry_from_members(&m, key, now, None, max_age, cfg) {
-                    Ok(entry) => self.store_and_finish(cfg, entry, now),
-                    Err(f) => self.fail(cfg, f),
+                    Ok(entry) => Outcome::Known(Rc::new(entry)),
+                    Err(f) => Outcome::Failed(f),
                 }
             }
             Ok(Answer::Jwt(jwt)) => {
-                let Some(rules) = &cfg.jwt else {
-                    return self.fail(cfg, Failure::Bad("no JWT rules are configured"));
-                };
-                match self.jwks_store(cfg).load(&HostStore) {
-                    Some((fetched_at, keys))
-                        if jwks::is_fresh(fetched_at, now, rules.jwks.max_age_seconds) =>
-                    {
-                        self.verify(cfg, key, jwt, max_age, &keys, Some(fetched_at))
+                let max_age_s = cfg.jwt.as_ref().map_or(0, |r| r.jwks.max_age_seconds);
+                return match jwks_store(cfg).load(&HostStore) {
+                    Some((fetched_at, keys)) if jwks::is_fresh(fetched_at, now, max_age_s) => {
+                        self.verify(sh, key, jwt, max_age, &keys, Some(fetched_at))
                     }
-                    _ => self.fetch_jwks(cfg, key, jwt, max_age),
-                }
+                    _ => self.fetch_jwks(sh, key, jwt, max_age),
+                };
             }
-        }
+        };
+        self.conclude(sh, key, outcome, now)
     }
 
-    fn jwks_store<'a>(&self, cfg: &'a Config) -> JwksStore<'a> {
-        JwksStore { namespace: &cfg.cache.namespace, fingerprint: &cfg.fingerprint }
-    }
-
-    fn fetch_jwks(&mut self, cfg: &Config, key: TokenKey, jwt: String, max_age: Option<u64>) -> Action {
+    fn fetch_jwks(
+        &mut self,
+        sh: &Shared,
+        key: TokenKey,
+        jwt: String,
+        max_age: Option<u64>,
+    ) -> Action {
+        let cfg = &sh.config;
         let Some(rules) = &cfg.jwt else {
-            return self.fail(cfg, Failure::Bad("no JWT rules are configured"));
+            return self.conclude(
+                sh,
+                key,
+                Outcome::Failed(Failure::Bad("no JWT rules are configured")),
+                host::now(),
+            );
         };
         let accept = [("accept", "application/json".to_string())];
-        match host::dispatch(&rules.jwks.endpoint, "GET", &accept, None, cfg.introspection.timeout_ms) {
+        match host::dispatch(
+            &rules.jwks.endpoint,
+            "GET",
+            &accept,
+            None,
+            cfg.introspection.timeout_ms,
+        ) {
             Ok(_) => {
-                self.count(Metric::JwksFetch);
+                sh.metrics.count(Metric::JwksFetch);
                 self.pending = Pending::Jwks { key, jwt, max_age };
                 Action::Pause
             }
             Err(status) => {
-                log::warn!("certbound: key set dispatch failed: {status:?}");
-                self.fail(cfg, Failure::Unavailable("the key set call could not be dispatched"))
+                log::warn!("key set dispatch failed: {status:?}");
+                let why = "the key set call could not be dispatched";
+                self.conclude(
+                    sh,
+                    key,
+                    Outcome::Failed(Failure::Unavailable(why)),
+                    host::now(),
+                )
             }
         }
     }
 
-    fn on_jwks(&mut self, cfg: &Config, key: TokenKey, jwt: String, max_age: Option<u64>, body_size: usize) -> Action {
+    fn on_jwks(
+        &mut self,
+        sh: &Shared,
+        key: TokenKey,
+        jwt: String,
+        max_age: Option<u64>,
+        body_size: usize,
+    ) -> Action {
         let now = host::now();
-        let r = host::call_response(body_size, cfg.introspection.max_body_bytes);
-        let keys = match (r.status, r.body) {
+        let r = host::call_response(body_size, sh.config.introspection.max_body_bytes);
+        let failure = match (r.status, r.body) {
             (Some(200), Some(body)) => match KeySet::parse(&body) {
                 Ok(keys) => {
-                    self.jwks_store(cfg).save(&HostStore, now, &body);
-                    keys
+                    jwks_store(&sh.config).save(&HostStore, now, &body);
+                    return self.verify(sh, key, jwt, max_age, &keys, None);
                 }
-                Err(why) => return self.fail(cfg, Failure::Bad(why)),
+                Err(why) => Failure::Bad(why),
             },
-            (None | Some(500..=599), _) => {
-                return self.fail(cfg, Failure::Unavailable("the key set could not be fetched"))
-            }
-            _ => return self.fail(cfg, Failure::Bad("the key set answer is unusable")),
+            (None | Some(500..=599), _) => Failure::Unavailable("the key set could not be fetched"),
+            _ => Failure::Bad("the key set answer is unusable"),
         };
-        self.verify(cfg, key, jwt, max_age, &keys, None)
+        self.conclude(sh, key, Outcome::Failed(failure), now)
     }
 
     /// Verifies the returned JWT. `fetched_at` is the age of a cached key set, which may be
     /// refetched once for an unknown `kid`; `None` means the set is fresh from the server.
     fn verify(
         &mut self,
-        cfg: &Config,
+        sh: &Shared,
         key: TokenKey,
         jwt: String,
         max_age: Option<u64>,
         keys: &KeySet,
         fetched_at: Option<u64>,
     ) -> Action {
+        let cfg = &sh.config;
         let now = host::now();
         let Some(rules) = &cfg.jwt else {
-            return self.fail(cfg, Failure::Bad("no JWT rules are configured"));
+            return self.conclude(
+                sh,
+                key,
+                Outcome::Failed(Failure::Bad("no JWT rules are configured")),
+                now,
+            );
         };
-        let claims = match jwt::verify(&jwt, keys, rules, now, cfg.introspection.max_body_bytes) {
-            Ok(claims) => claims,
+        let verified = jwt::verify(&jwt, keys, rules, now, cfg.introspection.max_body_bytes);
+        let entry = match verified {
             Err(jwt::JwtError::UnknownKey)
                 if fetched_at.is_some_and(|t| {
                     jwks::may_refetch(t, now, rules.jwks.min_refetch_interval_seconds)
                 }) =>
             {
-                return self.fetch_jwks(cfg, key, jwt, max_age)
+                return self.fetch_jwks(sh, key, jwt, max_age);
             }
-            Err(e) if e.is_time() => {
-                return self.store_and_finish(cfg, introspection::inactive_entry(key, now, cfg), now)
+            Err(e) if e.is_time() => Ok(introspection::inactive_entry(key, now, cfg)),
+            Err(e) => Err(Failure::Bad(e.describe())),
+            Ok(claims) => {
+                match introspection::members_of_verified_jwt(cfg.introspection.format, claims) {
+                    Ok(Answer::Members(m)) => {
+                        introspection::entry_from_members(&m, key, now, Some(jwt), max_age, cfg)
+                    }
+                    Ok(_) => Ok(introspection::inactive_entry(key, now, cfg)),
+                    Err(f) => Err(f),
+                }
             }
-            Err(e) => return self.fail(cfg, Failure::Bad(e.describe())),
         };
-        let entry = match introspection::members_of_verified_jwt(cfg.introspection.format, claims) {
-            Ok(Answer::Members(m)) => {
-                introspection::entry_from_members(&m, key, now, Some(jwt), max_age, cfg)
-            }
-            Ok(_) => Ok(introspection::inactive_entry(key, now, cfg)),
-            Err(f) => Err(f),
+        let outcome = match entry {
+            Ok(entry) => Outcome::Known(Rc::new(entry)),
+            Err(f) => Outcome::Failed(f),
         };
-        match entry {
-            Ok(entry) => self.store_and_finish(cfg, entry, now),
-            Err(f) => self.fail(cfg, f),
-        }
+        self.conclude(sh, key, outcome, now)
     }
 }
 
 impl Context for Http {
-    fn on_http_call_response(&mut self, _token: u32, _headers: usize, body_size: usize, _trailers: usize) {
-        let Some(cfg) = self.config.clone() else { return };
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some(sh) = self.shared.clone() else {
+            return;
+        };
         let action = match std::mem::replace(&mut self.pending, Pending::Nothing) {
             Pending::Nothing => return,
-            Pending::Introspection { key } => self.on_introspection(&cfg, key, body_size),
-            Pending::Jwks { key, jwt, max_age } => self.on_jwks(&cfg, key, jwt, max_age, body_size),
+            Pending::Introspection { key } => self.on_introspection(&sh, key, body_size),
+            Pending::Jwks { key, jwt, max_age } => self.on_jwks(&sh, key, jwt, max_age, body_size),
         };
         // Continue means allowed; a deny has already replied, and a new call keeps waiting.
         if matches!(action, Action::Continue) {
             host::resume_request();
         }
     }
+
+    fn on_done(&mut self) -> bool {
+        // The stream went away while its call was out: those waiting on it must not hang.
+        let key = match &self.pending {
+            Pending::Introspection { key } | Pending::Jwks { key, .. } => *key,
+            Pending::Nothing => return true,
+        };
+        if let Some(sh) = &self.shared {
+            let why = "the request checking this token went away; retry";
+            release_waiters(sh, &key, &Outcome::Failed(Failure::Unavailable(why)));
+        }
+        true
+    }
 }
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        match self.config.clone() {
-            Some(cfg) => self.on_request(&cfg),
+        match self.shared.clone() {
+            Some(sh) => self.on_request(&sh),
             None => {
                 // Unconfigured: fail closed.
-                host::send_reply(&response::deny(
-                    DenyReason::IntrospectionUnavailable("the filter is not configured"),
-                    "certbound",
-                    &[],
-                ));
+                let reason = DenyReason::IntrospectionUnavailable("the filter is not configured");
+                host::send_reply(&response::deny(reason, "certbound", &[]));
                 Action::Pause
             }
         }

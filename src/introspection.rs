@@ -20,11 +20,20 @@ pub fn request(cfg: &Introspection, token: &str) -> (Vec<(&'static str, String)>
         (":method", "POST".to_string()),
         (":path", cfg.endpoint.path.clone()),
         (":authority", cfg.endpoint.authority.clone()),
-        ("content-type", "application/x-www-form-urlencoded".to_string()),
+        (
+            "content-type",
+            "application/x-www-form-urlencoded".to_string(),
+        ),
         ("accept", cfg.format.accept().to_string()),
-        ("authorization", format!("Basic {}", STANDARD.encode(credentials))),
+        (
+            "authorization",
+            format!("Basic {}", STANDARD.encode(credentials)),
+        ),
     ];
-    let body = format!("token={}&token_type_hint=access_token", form_urlencode(token));
+    let body = format!(
+        "token={}&token_type_hint=access_token",
+        form_urlencode(token)
+    );
     (headers, body.into_bytes())
 }
 
@@ -32,7 +41,9 @@ fn form_urlencode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                out.push(b as char)
+            }
             b' ' => out.push('+'),
             _ => out.push_str(&format!("%{b:02X}")),
         }
@@ -62,14 +73,24 @@ pub enum Failure {
 /// Classifies an introspection answer. `status` is `None` when the call itself failed.
 pub fn classify(format: Format, status: Option<u16>, body: &[u8]) -> Result<Answer, Failure> {
     match status {
-        None => return Err(Failure::Unavailable("the identity server could not be reached")),
+        None => {
+            return Err(Failure::Unavailable(
+                "the identity server could not be reached",
+            ))
+        }
         Some(401 | 403) => {
-            return Err(Failure::Unavailable("the identity server refused the introspection client"))
+            return Err(Failure::Unavailable(
+                "the identity server refused the introspection client",
+            ))
         }
         Some(500..=599) => return Err(Failure::Unavailable("the identity server failed")),
         Some(204) if format == Format::Jwt => return Ok(Answer::Inactive),
         Some(200) => {}
-        Some(_) => return Err(Failure::Bad("the introspection answer has an unexpected status")),
+        Some(_) => {
+            return Err(Failure::Bad(
+                "the introspection answer has an unexpected status",
+            ))
+        }
     }
     match format {
         Format::Json => {
@@ -95,17 +116,24 @@ pub fn active_members(members: Map<String, Value>) -> Result<Answer, Failure> {
     match members.get("active") {
         Some(Value::Bool(true)) => Ok(Answer::Members(members)),
         Some(Value::Bool(false)) => Ok(Answer::Inactive),
-        _ => Err(Failure::Bad("the introspection answer has no boolean active")),
+        _ => Err(Failure::Bad(
+            "the introspection answer has no boolean active",
+        )),
     }
 }
 
 /// The RFC 7662 members inside a verified JWT: the JWT's own claims for the phantom token,
 /// the `token_introspection` claim for RFC 9701.
-pub fn members_of_verified_jwt(format: Format, claims: Map<String, Value>) -> Result<Answer, Failure> {
+pub fn members_of_verified_jwt(
+    format: Format,
+    claims: Map<String, Value>,
+) -> Result<Answer, Failure> {
     match format {
         Format::IntrospectionJwt => match claims.get("token_introspection") {
             Some(Value::Object(m)) => active_members(m.clone()),
-            _ => Err(Failure::Bad("the introspection JWT has no token_introspection object")),
+            _ => Err(Failure::Bad(
+                "the introspection JWT has no token_introspection object",
+            )),
         },
         _ => {
             if !claims.get("exp").is_some_and(Value::is_u64) {
@@ -133,7 +161,11 @@ pub fn max_age(cache_control: Option<&str>) -> Option<u64> {
 
 /// The negative entry for an inactive token.
 pub fn inactive_entry(key: TokenKey, now: u64, cfg: &Config) -> Entry {
-    Entry { key, expires_at: now + cfg.cache.negative_ttl_seconds, state: TokenState::Inactive }
+    Entry {
+        key,
+        expires_at: now + cfg.cache.negative_ttl_seconds,
+        state: TokenState::Inactive,
+    }
 }
 
 /// The cache entry for an active token's trusted members. An `exp` in the past makes it inactive.
@@ -150,7 +182,9 @@ pub fn entry_from_members(
         None => None,
         Some(v) => Some(v.as_u64().ok_or(Failure::Bad("exp is not a number"))?),
     };
-    if exp.is_some_and(|e| e <= now) {
+    // The same leeway as the JWT checks: a token within it is allowed, though not cached.
+    let skew = cfg.jwt.as_ref().map_or(0, |j| j.clock_skew_seconds);
+    if exp.is_some_and(|e| e.saturating_add(skew) <= now) {
         return Ok(inactive_entry(key, now, cfg));
     }
     let cnf = match members.get("cnf") {
@@ -163,7 +197,12 @@ pub fn entry_from_members(
             Some(_) => return Err(Failure::Bad("cnf.x5t#S256 is not a string")),
         },
     };
-    let text = |name: &str| members.get(name).and_then(Value::as_str).map(str::to_string);
+    let text = |name: &str| {
+        members
+            .get(name)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
     let headers = cfg
         .claim_headers
         .iter()
@@ -174,7 +213,9 @@ pub fn entry_from_members(
                 other => other.to_string(),
             };
             // A value a header cannot carry is left out rather than mangled.
-            let printable = value.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
+            let printable = value
+                .bytes()
+                .all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
             printable.then(|| (header.clone(), value))
         })
         .collect();
@@ -201,7 +242,8 @@ mod tests {
 
     fn config(format: &str) -> Config {
         let mut v = crate::config::tests::minimal(format);
-        v["claim_headers"] = json!({"client_id": "x-client-id", "sub": "x-subject", "n": "x-n", "bad": "x-bad"});
+        v["claim_headers"] =
+            json!({"client_id": "x-client-id", "sub": "x-subject", "n": "x-n", "bad": "x-bad"});
         crate::config::parse(v.to_string().as_bytes()).unwrap()
     }
 
@@ -210,14 +252,25 @@ mod tests {
         let mut cfg = config("jwt").introspection;
         cfg.client_secret = "p@ss word:1".into();
         let (headers, body) = request(&cfg, "abc+/=");
-        let get = |n: &str| headers.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
+        let get = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| v.as_str())
+        };
         assert_eq!(get(":method"), Some("POST"));
         assert_eq!(get(":path"), Some("/introspect"));
         assert_eq!(get(":authority"), Some("login.example.com"));
-        assert_eq!(get("content-type"), Some("application/x-www-form-urlencoded"));
+        assert_eq!(
+            get("content-type"),
+            Some("application/x-www-form-urlencoded")
+        );
         assert_eq!(get("accept"), Some("application/jwt"));
         // base64("introspect-client:p%40ss+word%3A1")
-        assert_eq!(get("authorization"), Some("Basic aW50cm9zcGVjdC1jbGllbnQ6cCU0MHNzK3dvcmQlM0Ex"));
+        assert_eq!(
+            get("authorization"),
+            Some("Basic aW50cm9zcGVjdC1jbGllbnQ6cCU0MHNzK3dvcmQlM0Ex")
+        );
         assert_eq!(body, b"token=abc%2B%2F%3D&token_type_hint=access_token");
     }
 
@@ -228,32 +281,141 @@ mod tests {
         let active = br#"{"active":true,"scope":"a"}"#;
         let jwt = b"aaa.bbb.ccc";
         let table: Vec<(Format, Option<u16>, &[u8], Result<Answer, Failure>)> = vec![
-            (Format::Json, Some(200), active, Ok(Members(serde_json::from_slice(active).unwrap()))),
-            (Format::Json, Some(200), br#"{"active":false}"#, Ok(Inactive)),
-            (Format::Json, Some(200), br#"{"active":"true"}"#, Err(Bad("the introspection answer has no boolean active"))),
-            (Format::Json, Some(200), br#"{"scope":"a"}"#, Err(Bad("the introspection answer has no boolean active"))),
-            (Format::Json, Some(200), b"<html>", Err(Bad("the introspection answer is not a JSON object"))),
-            (Format::Json, Some(200), b"[true]", Err(Bad("the introspection answer is not a JSON object"))),
-            (Format::Json, Some(204), b"", Err(Bad("the introspection answer has an unexpected status"))),
-            (Format::Json, None, b"", Err(Unavailable("the identity server could not be reached"))),
-            (Format::Json, Some(401), b"", Err(Unavailable("the identity server refused the introspection client"))),
-            (Format::Json, Some(403), b"", Err(Unavailable("the identity server refused the introspection client"))),
-            (Format::Json, Some(500), b"", Err(Unavailable("the identity server failed"))),
-            (Format::Json, Some(504), b"", Err(Unavailable("the identity server failed"))),
-            (Format::Json, Some(404), b"", Err(Bad("the introspection answer has an unexpected status"))),
+            (
+                Format::Json,
+                Some(200),
+                active,
+                Ok(Members(serde_json::from_slice(active).unwrap())),
+            ),
+            (
+                Format::Json,
+                Some(200),
+                br#"{"active":false}"#,
+                Ok(Inactive),
+            ),
+            (
+                Format::Json,
+                Some(200),
+                br#"{"active":"true"}"#,
+                Err(Bad("the introspection answer has no boolean active")),
+            ),
+            (
+                Format::Json,
+                Some(200),
+                br#"{"scope":"a"}"#,
+                Err(Bad("the introspection answer has no boolean active")),
+            ),
+            (
+                Format::Json,
+                Some(200),
+                b"<html>",
+                Err(Bad("the introspection answer is not a JSON object")),
+            ),
+            (
+                Format::Json,
+                Some(200),
+                b"[true]",
+                Err(Bad("the introspection answer is not a JSON object")),
+            ),
+            (
+                Format::Json,
+                Some(204),
+                b"",
+                Err(Bad("the introspection answer has an unexpected status")),
+            ),
+            (
+                Format::Json,
+                None,
+                b"",
+                Err(Unavailable("the identity server could not be reached")),
+            ),
+            (
+                Format::Json,
+                Some(401),
+                b"",
+                Err(Unavailable(
+                    "the identity server refused the introspection client",
+                )),
+            ),
+            (
+                Format::Json,
+                Some(403),
+                b"",
+                Err(Unavailable(
+                    "the identity server refused the introspection client",
+                )),
+            ),
+            (
+                Format::Json,
+                Some(500),
+                b"",
+                Err(Unavailable("the identity server failed")),
+            ),
+            (
+                Format::Json,
+                Some(504),
+                b"",
+                Err(Unavailable("the identity server failed")),
+            ),
+            (
+                Format::Json,
+                Some(404),
+                b"",
+                Err(Bad("the introspection answer has an unexpected status")),
+            ),
             (Format::Jwt, Some(200), jwt, Ok(Jwt("aaa.bbb.ccc".into()))),
-            (Format::Jwt, Some(200), b"aaa.bbb.ccc\n", Ok(Jwt("aaa.bbb.ccc".into()))),
+            (
+                Format::Jwt,
+                Some(200),
+                b"aaa.bbb.ccc\n",
+                Ok(Jwt("aaa.bbb.ccc".into())),
+            ),
             (Format::Jwt, Some(204), b"", Ok(Inactive)),
             (Format::Jwt, Some(200), b"", Ok(Inactive)),
-            (Format::Jwt, Some(200), b"garbage", Err(Bad("the introspection answer is not a JWT"))),
-            (Format::Jwt, Some(200), b"a.b c.d", Err(Bad("the introspection answer is not a JWT"))),
-            (Format::Jwt, Some(200), &[0xff, b'.', b'.'], Err(Bad("the introspection answer is not a JWT"))),
-            (Format::IntrospectionJwt, Some(200), jwt, Ok(Jwt("aaa.bbb.ccc".into()))),
-            (Format::IntrospectionJwt, Some(204), b"", Err(Bad("the introspection answer has an unexpected status"))),
-            (Format::IntrospectionJwt, Some(200), b"", Err(Bad("the introspection answer is not a JWT"))),
+            (
+                Format::Jwt,
+                Some(200),
+                b"garbage",
+                Err(Bad("the introspection answer is not a JWT")),
+            ),
+            (
+                Format::Jwt,
+                Some(200),
+                b"a.b c.d",
+                Err(Bad("the introspection answer is not a JWT")),
+            ),
+            (
+                Format::Jwt,
+                Some(200),
+                &[0xff, b'.', b'.'],
+                Err(Bad("the introspection answer is not a JWT")),
+            ),
+            (
+                Format::IntrospectionJwt,
+                Some(200),
+                jwt,
+                Ok(Jwt("aaa.bbb.ccc".into())),
+            ),
+            (
+                Format::IntrospectionJwt,
+                Some(204),
+                b"",
+                Err(Bad("the introspection answer has an unexpected status")),
+            ),
+            (
+                Format::IntrospectionJwt,
+                Some(200),
+                b"",
+                Err(Bad("the introspection answer is not a JWT")),
+            ),
         ];
         for (format, status, body, expected) in table {
-            assert_eq!(classify(format, status, body), expected, "{format:?} {status:?} {}", String::from_utf8_lossy(body));
+            assert_eq!(
+                classify(format, status, body),
+                expected,
+                "{format:?} {status:?} {}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 
@@ -266,10 +428,18 @@ mod tests {
             Ok(Answer::Members(m(json!({"active": true, "scope": "s"}))))
         );
         let inactive = m(json!({"token_introspection": {"active": false}}));
-        assert_eq!(members_of_verified_jwt(Format::IntrospectionJwt, inactive), Ok(Answer::Inactive));
-        assert!(members_of_verified_jwt(Format::IntrospectionJwt, m(json!({"active": true}))).is_err());
+        assert_eq!(
+            members_of_verified_jwt(Format::IntrospectionJwt, inactive),
+            Ok(Answer::Inactive)
+        );
+        assert!(
+            members_of_verified_jwt(Format::IntrospectionJwt, m(json!({"active": true}))).is_err()
+        );
         let at = m(json!({"exp": 5, "scope": "s"}));
-        assert_eq!(members_of_verified_jwt(Format::Jwt, at.clone()), Ok(Answer::Members(at)));
+        assert_eq!(
+            members_of_verified_jwt(Format::Jwt, at.clone()),
+            Ok(Answer::Members(at))
+        );
         assert_eq!(
             members_of_verified_jwt(Format::Jwt, m(json!({"scope": "s"}))),
             Err(Failure::Bad("the access token JWT has no exp"))
@@ -299,9 +469,19 @@ mod tests {
         let x5t = "ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0";
         let members = json!({"active": true, "exp": 1300, "scope": "transactions read", "client_id": "partner-client",
             "sub": "s1", "n": 5, "bad": "a\r\nb", "jti": "j", "cnf": {"x5t#S256": x5t}});
-        let e = entry_from_members(members.as_object().unwrap(), key, 1000, Some("jwt".into()), None, &cfg).unwrap();
+        let e = entry_from_members(
+            members.as_object().unwrap(),
+            key,
+            1000,
+            Some("jwt".into()),
+            None,
+            &cfg,
+        )
+        .unwrap();
         assert_eq!(e.expires_at, 1300);
-        let TokenState::Active(t) = e.state else { panic!("inactive") };
+        let TokenState::Active(t) = e.state else {
+            panic!("inactive")
+        };
         assert_eq!(t.cnf, Thumbprint::from_x5t(x5t));
         assert_eq!(t.scope, "transactions read");
         assert_eq!(t.client_id.as_deref(), Some("partner-client"));
@@ -309,7 +489,11 @@ mod tests {
         assert_eq!(t.forward_jwt.as_deref(), Some("jwt"));
         assert_eq!(
             t.headers,
-            vec![("x-client-id".to_string(), "partner-client".to_string()), ("x-n".into(), "5".into()), ("x-subject".into(), "s1".into())]
+            vec![
+                ("x-client-id".to_string(), "partner-client".to_string()),
+                ("x-n".into(), "5".into()),
+                ("x-subject".into(), "s1".into())
+            ]
         );
     }
 
@@ -317,18 +501,49 @@ mod tests {
     fn entry_lifetime_and_bad_members() {
         let cfg = config("json");
         let key = TokenKey([1; 32]);
-        let entry = |v: Value, age: Option<u64>| entry_from_members(v.as_object().unwrap(), key, 1000, None, age, &cfg);
+        let entry = |v: Value, age: Option<u64>| {
+            entry_from_members(v.as_object().unwrap(), key, 1000, None, age, &cfg)
+        };
         // Capped by max_ttl (300), by max-age, expired → inactive, no-store → not cacheable.
         assert_eq!(entry(json!({"exp": 99999}), None).unwrap().expires_at, 1300);
-        assert_eq!(entry(json!({"exp": 99999}), Some(20)).unwrap().expires_at, 1020);
-        assert_eq!(entry(json!({"exp": 1000}), None).unwrap().state, TokenState::Inactive);
+        assert_eq!(
+            entry(json!({"exp": 99999}), Some(20)).unwrap().expires_at,
+            1020
+        );
+        assert_eq!(
+            entry(json!({"exp": 1000}), None).unwrap().state,
+            TokenState::Inactive
+        );
         assert_eq!(entry(json!({"exp": 1000}), None).unwrap().expires_at, 1010);
-        assert_eq!(entry(json!({"exp": 99999}), Some(0)).unwrap().expires_at, 1000);
-        assert_eq!(entry(json!({"exp": "soon"}), None), Err(Failure::Bad("exp is not a number")));
+        assert_eq!(
+            entry(json!({"exp": 99999}), Some(0)).unwrap().expires_at,
+            1000
+        );
+        // With a JWT format's skew (60 s), a token 10 s past exp is still active, never cached.
+        let jwt_cfg = config("jwt");
+        let late = |exp: u64| {
+            let m = json!({ "exp": exp });
+            entry_from_members(m.as_object().unwrap(), key, 1000, None, None, &jwt_cfg).unwrap()
+        };
+        assert!(matches!(late(990).state, TokenState::Active(_)));
+        assert_eq!(late(990).expires_at, 1000);
+        assert_eq!(late(940).state, TokenState::Inactive);
+        assert_eq!(
+            entry(json!({"exp": "soon"}), None),
+            Err(Failure::Bad("exp is not a number"))
+        );
         let padded = json!({"cnf": {"x5t#S256": "ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0="}});
-        assert_eq!(entry(padded, None), Err(Failure::Bad("cnf.x5t#S256 is not canonical")));
-        assert_eq!(entry(json!({"cnf": {"x5t#S256": 5}}), None), Err(Failure::Bad("cnf.x5t#S256 is not a string")));
-        let TokenState::Active(t) = entry(json!({"cnf": {}}), None).unwrap().state else { panic!() };
+        assert_eq!(
+            entry(padded, None),
+            Err(Failure::Bad("cnf.x5t#S256 is not canonical"))
+        );
+        assert_eq!(
+            entry(json!({"cnf": {"x5t#S256": 5}}), None),
+            Err(Failure::Bad("cnf.x5t#S256 is not a string"))
+        );
+        let TokenState::Active(t) = entry(json!({"cnf": {}}), None).unwrap().state else {
+            panic!()
+        };
         assert_eq!(t.cnf, None);
     }
 }

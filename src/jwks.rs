@@ -8,7 +8,10 @@ use serde::Deserialize;
 /// A verification key's material; the JWT's `alg` decides how RSA keys are used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyMaterial {
-    Rsa { n: Vec<u8>, e: Vec<u8> },
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
     /// SEC1 uncompressed point of a P-256 key.
     P256(Vec<u8>),
     Ed25519(Vec<u8>),
@@ -54,14 +57,18 @@ impl KeySet {
     /// Parses a JWKS document. Keys that are not signature keys of a supported type are skipped;
     /// a set with no usable key is an error.
     pub fn parse(bytes: &[u8]) -> Result<KeySet, &'static str> {
-        let raw: RawSet = serde_json::from_slice(bytes).map_err(|_| "the key set is not JWKS JSON")?;
+        let raw: RawSet =
+            serde_json::from_slice(bytes).map_err(|_| "the key set is not JWKS JSON")?;
         let keys: Vec<Jwk> = raw
             .keys
             .into_iter()
             .filter(|k| k.use_.as_deref().is_none_or(|u| u == "sig"))
             .filter_map(|k| {
                 let material = match (k.kty.as_str(), k.crv.as_deref()) {
-                    ("RSA", _) => KeyMaterial::Rsa { n: b64(&k.n)?, e: b64(&k.e)? },
+                    ("RSA", _) => KeyMaterial::Rsa {
+                        n: b64(&k.n)?,
+                        e: b64(&k.e)?,
+                    },
                     ("EC", Some("P-256")) => {
                         let (x, y) = (b64(&k.x)?, b64(&k.y)?);
                         if x.len() != 32 || y.len() != 32 {
@@ -75,7 +82,11 @@ impl KeySet {
                     ("OKP", Some("Ed25519")) => KeyMaterial::Ed25519(b64(&k.x)?),
                     _ => return None,
                 };
-                Some(Jwk { kid: k.kid, alg: k.alg, material })
+                Some(Jwk {
+                    kid: k.kid,
+                    alg: k.alg,
+                    material,
+                })
             })
             .collect();
         if keys.is_empty() {
@@ -142,13 +153,24 @@ mod tests {
         let set = KeySet::parse(doc.to_string().as_bytes()).unwrap();
         let kids: Vec<_> = set.keys.iter().map(|k| k.kid.clone().unwrap()).collect();
         assert_eq!(kids, ["r1", "e1", "o1"]);
-        assert!(matches!(&set.keys[1].material, KeyMaterial::P256(p) if p.len() == 65 && p[0] == 4));
+        assert!(
+            matches!(&set.keys[1].material, KeyMaterial::P256(p) if p.len() == 65 && p[0] == 4)
+        );
     }
 
     #[test]
     fn unusable_documents_are_errors() {
-        for doc in [&b"garbage"[..], br#"{"keys": []}"#, br#"{"keys": [{"kty":"oct","k":"AA"}]}"#, br#"{}"#] {
-            assert!(KeySet::parse(doc).is_err(), "{}", String::from_utf8_lossy(doc));
+        for doc in [
+            &b"garbage"[..],
+            br#"{"keys": []}"#,
+            br#"{"keys": [{"kty":"oct","k":"AA"}]}"#,
+            br#"{}"#,
+        ] {
+            assert!(
+                KeySet::parse(doc).is_err(),
+                "{}",
+                String::from_utf8_lossy(doc)
+            );
         }
     }
 

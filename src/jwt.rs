@@ -49,7 +49,9 @@ fn map_error(e: jwt_simple::Error) -> JwtError {
     match e.downcast_ref::<JWTError>() {
         Some(JWTError::TokenHasExpired) => JwtError::Expired,
         Some(JWTError::TokenNotValidYet | JWTError::ClockDrift) => JwtError::NotYetValid,
-        Some(JWTError::RequiredIssuerMismatch | JWTError::RequiredIssuerMissing) => JwtError::BadIssuer,
+        Some(JWTError::RequiredIssuerMismatch | JWTError::RequiredIssuerMissing) => {
+            JwtError::BadIssuer
+        }
         Some(JWTError::RequiredAudienceMismatch | JWTError::RequiredAudienceMissing) => {
             JwtError::BadAudience
         }
@@ -118,7 +120,9 @@ pub fn verify(
 
     // The signature holds: read every claim, standard or not, from the payload.
     let payload = token.split('.').nth(1).ok_or(JwtError::Malformed)?;
-    let bytes = URL_SAFE_NO_PAD.decode(payload).map_err(|_| JwtError::Malformed)?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| JwtError::Malformed)?;
     serde_json::from_slice(&bytes).map_err(|_| JwtError::Malformed)
 }
 
@@ -156,7 +160,11 @@ pub(crate) mod tests {
             clock_skew_seconds: 60,
             typ: typ.map(Into::into),
             jwks: Jwks {
-                endpoint: Endpoint { cluster: "c".into(), authority: "a".into(), path: "/jwks".into() },
+                endpoint: Endpoint {
+                    cluster: "c".into(),
+                    authority: "a".into(),
+                    path: "/jwks".into(),
+                },
                 max_age_seconds: 300,
                 min_refetch_interval_seconds: 30,
             },
@@ -179,7 +187,10 @@ pub(crate) mod tests {
         if exp == 0 {
             claims.expires_at = None;
         }
-        let opts = HeaderOptions { signature_type: typ.map(Into::into), ..Default::default() };
+        let opts = HeaderOptions {
+            signature_type: typ.map(Into::into),
+            ..Default::default()
+        };
         ps256().sign_with_options(claims, &opts).unwrap()
     }
 
@@ -189,7 +200,11 @@ pub(crate) mod tests {
 
     #[test]
     fn a_good_token_yields_all_its_claims() {
-        let t = sign(serde_json::json!({"scope": "transactions", "cnf": {"x5t#S256": "x"}}), NOW + 300, None);
+        let t = sign(
+            serde_json::json!({"scope": "transactions", "cnf": {"x5t#S256": "x"}}),
+            NOW + 300,
+            None,
+        );
         let claims = verify(&t, &key_set(), &rules(None), NOW, 65536).unwrap();
         assert_eq!(claims["scope"], "transactions");
         assert_eq!(claims["sub"], "partner-client");
@@ -201,30 +216,57 @@ pub(crate) mod tests {
         let good = sign(serde_json::json!({}), NOW + 300, None);
         let parts: Vec<&str> = good.split('.').collect();
         let payload = parts[1];
-        let unsigned = format!("{}.{}.", b64json(serde_json::json!({"alg": "none"})), payload);
+        let unsigned = format!(
+            "{}.{}.",
+            b64json(serde_json::json!({"alg": "none"})),
+            payload
+        );
         let hs256 = HS256Key::generate().with_key_id("k1");
         let hmac = hs256
-            .authenticate(Claims::create(Duration::from_secs(300)).with_issuer(ISSUER).with_audience("api.example.com"))
+            .authenticate(
+                Claims::create(Duration::from_secs(300))
+                    .with_issuer(ISSUER)
+                    .with_audience("api.example.com"),
+            )
             .unwrap();
-        let tampered = format!("{}.{}.{}", parts[0], b64json(serde_json::json!({"iss": ISSUER, "aud": "api.example.com", "admin": true})), parts[2]);
+        let tampered = format!(
+            "{}.{}.{}",
+            parts[0],
+            b64json(serde_json::json!({"iss": ISSUER, "aud": "api.example.com", "admin": true})),
+            parts[2]
+        );
         let other_key = PS256KeyPair::generate(2048).unwrap().with_key_id("k1");
         let other_sig = other_key
-            .sign(Claims::create(Duration::from_secs(300)).with_issuer(ISSUER).with_audience("api.example.com"))
+            .sign(
+                Claims::create(Duration::from_secs(300))
+                    .with_issuer(ISSUER)
+                    .with_audience("api.example.com"),
+            )
             .unwrap();
         let unknown_kid = {
             let k = ps256().clone().with_key_id("k2");
-            k.sign(Claims::create(Duration::from_secs(300)).with_issuer(ISSUER)).unwrap()
+            k.sign(Claims::create(Duration::from_secs(300)).with_issuer(ISSUER))
+                .unwrap()
         };
         let wrong_iss = {
-            let claims = JWTClaims { issuer: Some("https://evil".into()), ..jwt_claims() };
+            let claims = JWTClaims {
+                issuer: Some("https://evil".into()),
+                ..jwt_claims()
+            };
             ps256().sign(claims).unwrap()
         };
         let wrong_aud = {
-            let claims = JWTClaims { audiences: Some(Audiences::AsString("other".into())), ..jwt_claims() };
+            let claims = JWTClaims {
+                audiences: Some(Audiences::AsString("other".into())),
+                ..jwt_claims()
+            };
             ps256().sign(claims).unwrap()
         };
         let not_yet = {
-            let claims = JWTClaims { invalid_before: Some(Duration::from_secs(NOW + 120)), ..jwt_claims() };
+            let claims = JWTClaims {
+                invalid_before: Some(Duration::from_secs(NOW + 120)),
+                ..jwt_claims()
+            };
             ps256().sign(claims).unwrap()
         };
         let table: Vec<(String, JwtError)> = vec![
@@ -237,20 +279,40 @@ pub(crate) mod tests {
             (unknown_kid, JwtError::UnknownKey),
             (wrong_iss, JwtError::BadIssuer),
             (wrong_aud, JwtError::BadAudience),
-            (sign(serde_json::json!({}), NOW - 61, None), JwtError::Expired),
+            (
+                sign(serde_json::json!({}), NOW - 61, None),
+                JwtError::Expired,
+            ),
             (not_yet, JwtError::NotYetValid),
         ];
         for (token, expected) in table {
-            assert_eq!(verify(&token, &key_set(), &rules(None), NOW, 65536), Err(expected), "{token}");
+            assert_eq!(
+                verify(&token, &key_set(), &rules(None), NOW, 65536),
+                Err(expected),
+                "{token}"
+            );
         }
         // Within the skew is still valid.
-        assert!(verify(&sign(serde_json::json!({}), NOW - 59, None), &key_set(), &rules(None), NOW, 65536).is_ok());
+        assert!(verify(
+            &sign(serde_json::json!({}), NOW - 59, None),
+            &key_set(),
+            &rules(None),
+            NOW,
+            65536
+        )
+        .is_ok());
         // An allowed algorithm the key set has no key for is an unknown key.
         let mut rs = rules(None);
         rs.algorithms = vec![Algorithm::ES256];
-        assert_eq!(verify(&good, &key_set(), &rs, NOW, 65536), Err(JwtError::AlgorithmNotAllowed));
+        assert_eq!(
+            verify(&good, &key_set(), &rs, NOW, 65536),
+            Err(JwtError::AlgorithmNotAllowed)
+        );
         // Too long for the configured cap.
-        assert_eq!(verify(&good, &key_set(), &rules(None), NOW, 100), Err(JwtError::Malformed));
+        assert_eq!(
+            verify(&good, &key_set(), &rules(None), NOW, 100),
+            Err(JwtError::Malformed)
+        );
     }
 
     fn jwt_claims() -> JWTClaims<NoCustomClaims> {
@@ -270,11 +332,19 @@ pub(crate) mod tests {
     #[test]
     fn typ_is_enforced_when_required() {
         let r = rules(Some("token-introspection+jwt"));
-        let good = sign(serde_json::json!({}), NOW + 300, Some("token-introspection+jwt"));
+        let good = sign(
+            serde_json::json!({}),
+            NOW + 300,
+            Some("token-introspection+jwt"),
+        );
         assert!(verify(&good, &key_set(), &r, NOW, 65536).is_ok());
         for typ in [None, Some("JWT"), Some("at+jwt")] {
             let t = sign(serde_json::json!({}), NOW + 300, typ);
-            assert_eq!(verify(&t, &key_set(), &r, NOW, 65536), Err(JwtError::BadType), "{typ:?}");
+            assert_eq!(
+                verify(&t, &key_set(), &r, NOW, 65536),
+                Err(JwtError::BadType),
+                "{typ:?}"
+            );
         }
     }
 
@@ -294,12 +364,19 @@ pub(crate) mod tests {
         .unwrap();
         let mut r = rules(None);
         r.algorithms = vec![Algorithm::ES256, Algorithm::EdDSA];
-        let c = || Claims::create(Duration::from_secs(300)).with_issuer(ISSUER).with_audience("api.example.com");
+        let c = || {
+            Claims::create(Duration::from_secs(300))
+                .with_issuer(ISSUER)
+                .with_audience("api.example.com")
+        };
         // Claims::create uses the real clock: verify at the real time.
         let now = Clock::now_since_epoch().as_secs();
         assert!(verify(&es.sign(c()).unwrap(), &set, &r, now, 65536).is_ok());
         assert!(verify(&ed.sign(c()).unwrap(), &set, &r, now, 65536).is_ok());
         r.algorithms = vec![Algorithm::PS256];
-        assert_eq!(verify(&es.sign(c()).unwrap(), &set, &r, now, 65536), Err(JwtError::AlgorithmNotAllowed));
+        assert_eq!(
+            verify(&es.sign(c()).unwrap(), &set, &r, now, 65536),
+            Err(JwtError::AlgorithmNotAllowed)
+        );
     }
 }

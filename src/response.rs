@@ -43,7 +43,11 @@ pub fn deny(reason: DenyReason, realm: &str, required_scopes: &[String]) -> Repl
     })
     .to_string()
     .into_bytes();
-    Reply { status: reason.status(), headers, body }
+    Reply {
+        status: reason.status(),
+        headers,
+        body,
+    }
 }
 
 #[cfg(test)]
@@ -52,7 +56,10 @@ mod tests {
     use super::*;
 
     fn challenge(r: &Reply) -> Option<&str> {
-        r.headers.iter().find(|(k, _)| *k == "www-authenticate").map(|(_, v)| v.as_str())
+        r.headers
+            .iter()
+            .find(|(k, _)| *k == "www-authenticate")
+            .map(|(_, v)| v.as_str())
     }
 
     #[test]
@@ -61,7 +68,11 @@ mod tests {
         assert_eq!(missing.status, 401);
         assert_eq!(challenge(&missing), Some("Bearer realm=\"certbound\""));
 
-        let bad = deny(DenyReason::InvalidRequest("several Authorization headers"), "r", &[]);
+        let bad = deny(
+            DenyReason::InvalidRequest("several Authorization headers"),
+            "r",
+            &[],
+        );
         assert_eq!(bad.status, 400);
         assert_eq!(
             challenge(&bad),
@@ -70,9 +81,15 @@ mod tests {
 
         let mismatch = deny(DenyReason::CertificateMismatch, "r", &[]);
         assert_eq!(mismatch.status, 401);
-        assert!(challenge(&mismatch).unwrap().contains("error=\"invalid_token\""));
+        assert!(challenge(&mismatch)
+            .unwrap()
+            .contains("error=\"invalid_token\""));
 
-        let scope = deny(DenyReason::InsufficientScope, "r", &["a".into(), "b".into()]);
+        let scope = deny(
+            DenyReason::InsufficientScope,
+            "r",
+            &["a".into(), "b".into()],
+        );
         assert_eq!(scope.status, 403);
         assert!(challenge(&scope).unwrap().ends_with(", scope=\"a b\""));
         let body: serde_json::Value = serde_json::from_slice(&scope.body).unwrap();
@@ -84,6 +101,9 @@ mod tests {
         assert_eq!(challenge(&down), None);
         // The operator's detail stays in the log.
         assert!(!String::from_utf8(down.body).unwrap().contains("timeout"));
-        assert_eq!(deny(DenyReason::IntrospectionBadResponse("x"), "r", &[]).status, 502);
+        assert_eq!(
+            deny(DenyReason::IntrospectionBadResponse("x"), "r", &[]).status,
+            502
+        );
     }
 }

@@ -1,16 +1,32 @@
 //! The root context: parses the configuration once, defines the metrics, creates HTTP contexts.
 
+use crate::cache::{LocalCache, TokenKey};
 use crate::config::{self, Config};
 use crate::host::Metrics;
-use crate::http::Http;
+use crate::http::{Http, Waiter};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
+
+/// Entries this VM keeps for itself in front of shared data.
+const LOCAL_ENTRIES: usize = 1024;
+
+/// What every HTTP context of this VM (one worker) shares.
+pub struct Shared {
+    pub config: Config,
+    pub metrics: Metrics,
+    pub local: RefCell<LocalCache>,
+    /// Tokens being introspected right now, and the requests waiting for the answer: one call
+    /// per token per worker, however many requests carry it at once.
+    pub inflight: RefCell<HashMap<TokenKey, Vec<Waiter>>>,
+}
 
 #[derive(Default)]
 pub struct Root {
-    state: Option<(Rc<Config>, Rc<Metrics>)>,
+    shared: Option<Rc<Shared>>,
 }
 
 impl Context for Root {}
@@ -25,14 +41,14 @@ impl RootContext for Root {
             Ok(c) => c,
             Err(e) => {
                 // The error names a field; it never echoes the configuration's values.
-                log::error!("certbound: invalid configuration: {e}");
+                log::error!("invalid configuration: {e}");
                 return false;
             }
         };
         let metrics = match Metrics::define() {
             Ok(m) => m,
             Err(status) => {
-                log::error!("certbound: cannot define metrics: {status:?}");
+                log::error!("cannot define metrics: {status:?}");
                 return false;
             }
         };
@@ -42,13 +58,20 @@ impl RootContext for Root {
             config.introspection.format,
             config.fingerprint
         );
-        self.state = Some((Rc::new(config), Rc::new(metrics)));
+        let local = RefCell::new(LocalCache::new(
+            LOCAL_ENTRIES.min(config.cache.max_entries as usize),
+        ));
+        self.shared = Some(Rc::new(Shared {
+            config,
+            metrics,
+            local,
+            inflight: RefCell::default(),
+        }));
         true
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let (config, metrics) = self.state.clone().unzip();
-        Some(Box::new(Http::new(config, metrics)))
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Http::new(context_id, self.shared.clone())))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -62,16 +62,46 @@ mod tests {
             (vec!["Bearerabc"], Err(Missing)),
             (vec!["Bearer"], Err(Malformed("the bearer token is empty"))),
             (vec!["Bearer "], Err(Malformed("the bearer token is empty"))),
-            (vec!["Bearer a b"], Err(Malformed("the bearer token is not a b64token"))),
-            (vec!["Bearer a,b"], Err(Malformed("the bearer token is not a b64token"))),
-            (vec!["Bearer ==="], Err(Malformed("the bearer token is not a b64token"))),
-            (vec!["Bearer a=b"], Err(Malformed("the bearer token is not a b64token"))),
-            (vec!["Bearer \"abc\""], Err(Malformed("the bearer token is not a b64token"))),
-            (vec!["Bearer abc\t"], Err(Malformed("the bearer token is not a b64token"))),
-            (vec!["Bearer äbc"], Err(Malformed("the bearer token is not a b64token"))),
-            (vec![long.as_str()], Err(Malformed("the bearer token is too long"))),
-            (vec!["Bearer a", "Bearer a"], Err(Malformed("several Authorization headers"))),
-            (vec!["Bearer a", "Basic b"], Err(Malformed("several Authorization headers"))),
+            (
+                vec!["Bearer a b"],
+                Err(Malformed("the bearer token is not a b64token")),
+            ),
+            (
+                vec!["Bearer a,b"],
+                Err(Malformed("the bearer token is not a b64token")),
+            ),
+            (
+                vec!["Bearer ==="],
+                Err(Malformed("the bearer token is not a b64token")),
+            ),
+            (
+                vec!["Bearer a=b"],
+                Err(Malformed("the bearer token is not a b64token")),
+            ),
+            (
+                vec!["Bearer \"abc\""],
+                Err(Malformed("the bearer token is not a b64token")),
+            ),
+            (
+                vec!["Bearer abc\t"],
+                Err(Malformed("the bearer token is not a b64token")),
+            ),
+            (
+                vec!["Bearer äbc"],
+                Err(Malformed("the bearer token is not a b64token")),
+            ),
+            (
+                vec![long.as_str()],
+                Err(Malformed("the bearer token is too long")),
+            ),
+            (
+                vec!["Bearer a", "Bearer a"],
+                Err(Malformed("several Authorization headers")),
+            ),
+            (
+                vec!["Bearer a", "Basic b"],
+                Err(Malformed("several Authorization headers")),
+            ),
         ];
         for (values, expected) in table {
             assert_eq!(bearer_token(&values, 20), expected, "{values:?}");

@@ -23,13 +23,39 @@ impl Fixture {
 
     /// Starts the servers and Envoy with `filter_config(format)` changed by `tweak`.
     fn with(format: Format, tweak: impl FnOnce(&mut Value)) -> Fixture {
+        Fixture::with_opts(format, tweak, |_| {})
+    }
+
+    /// Same, also changing the Envoy options.
+    fn with_opts(
+        format: Format,
+        tweak: impl FnOnce(&mut Value),
+        tweak_opts: impl FnOnce(&mut EnvoyOpts),
+    ) -> Fixture {
         let upstream = Upstream::start();
         let idp = Introspection::start(format);
         let mut config = filter_config(format);
         tweak(&mut config);
-        let envoy = Envoy::start(&EnvoyOpts::new(config, idp.port(), upstream.port()))
-            .unwrap_or_else(|e| panic!("{e}"));
-        Fixture { envoy, idp, upstream }
+        let mut opts = EnvoyOpts::new(config, idp.port(), upstream.port());
+        tweak_opts(&mut opts);
+        let envoy = Envoy::start(&opts).unwrap_or_else(|e| panic!("{e}"));
+        Fixture {
+            envoy,
+            idp,
+            upstream,
+        }
+    }
+
+    /// Fails if Envoy's log (the filter logs at debug) contains any of `secrets`.
+    fn assert_log_has_none_of(&self, secrets: &[&str]) {
+        let log = self.envoy.log();
+        for secret in secrets {
+            assert!(
+                !log.contains(secret),
+                "the Envoy log contains a secret ({} chars):\n{log}",
+                secret.len()
+            );
+        }
     }
 
     /// GET `path` as `cert` with `Authorization: Bearer <token>`.
@@ -44,7 +70,10 @@ impl Fixture {
     /// Registers a fresh token bound to `cert` with `scope`.
     fn bound_token(&self, cert: &str, scope: &str) -> String {
         let token = opaque_token("bound");
-        self.idp.register(&token, Behaviour::Active(bound_claims(&thumbprint(cert), scope)));
+        self.idp.register(
+            &token,
+            Behaviour::Active(bound_claims(&thumbprint(cert), scope)),
+        );
         token
     }
 }
@@ -57,9 +86,18 @@ fn assert_www_authenticate_contains(reply: &common::Reply, needle: &str) {
     let value = reply
         .header("www-authenticate")
         .unwrap_or_else(|| panic!("no WWW-Authenticate in {reply:?}"));
-    assert!(value.contains(needle), "WWW-Authenticate {value:?} lacks {needle:?}");
-    assert!(value.starts_with("Bearer "), "WWW-Authenticate {value:?} is not a Bearer challenge");
-    assert!(value.contains(r#"realm="certbound""#), "WWW-Authenticate {value:?} lacks the realm");
+    assert!(
+        value.contains(needle),
+        "WWW-Authenticate {value:?} lacks {needle:?}"
+    );
+    assert!(
+        value.starts_with("Bearer "),
+        "WWW-Authenticate {value:?} is not a Bearer challenge"
+    );
+    assert!(
+        value.contains(r#"realm="certbound""#),
+        "WWW-Authenticate {value:?} lacks the realm"
+    );
 }
 
 fn assert_invalid_token(reply: &common::Reply) {
@@ -135,12 +173,18 @@ fn harness_thumbprint_matches_openssl() {
 #[test]
 fn harness_introspection_server_speaks_each_format() {
     use jwt_simple::prelude::*;
-    let http = reqwest::blocking::Client::builder().no_proxy().build().unwrap();
+    let http = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap();
     let key = introspection::signing_key().public_key();
     for format in Format::ALL {
         let idp = Introspection::start(format);
         let token = opaque_token("probe");
-        idp.register(&token, Behaviour::Active(bound_claims("tp", "transactions")));
+        idp.register(
+            &token,
+            Behaviour::Active(bound_claims("tp", "transactions")),
+        );
         idp.set_max_age(Some(42));
         let url = format!("http://127.0.0.1:{}/introspect", idp.port());
         let introspect = |secret: &str, token: &str| {
@@ -179,7 +223,10 @@ fn harness_introspection_server_speaks_each_format() {
             assert_eq!(active["active"], true);
         }
         let inactive = introspect(CLIENT_SECRET, "unknown");
-        assert_eq!(inactive.status, if format == Format::Jwt { 204 } else { 200 });
+        assert_eq!(
+            inactive.status,
+            if format == Format::Jwt { 204 } else { 200 }
+        );
         assert_eq!(idp.calls(), 3);
         let jwks = send(http.get(format!("http://127.0.0.1:{}/jwks", idp.port()))).json();
         assert_eq!(jwks["keys"][0]["kid"], introspection::KEY_ID);
@@ -198,37 +245,87 @@ fn jwt_bound_token_with_matching_cert_is_allowed_and_then_served_from_cache() {
     let reply = f.get(CLIENT, "/api/transactions", Some(&token));
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.json(), json!({"ok": true}));
-    let jwt = f.idp.answered(&token).expect("the identity server answered a JWT");
+    let jwt = f
+        .idp
+        .answered(&token)
+        .expect("the identity server answered a JWT");
     assert_ne!(jwt, token);
     let forwarded = f.upstream.last();
-    assert_eq!(forwarded.header_all("authorization"), [format!("Bearer {jwt}")]);
+    assert_eq!(
+        forwarded.header_all("authorization"),
+        [format!("Bearer {jwt}")]
+    );
     assert_eq!(forwarded.header_all(CLIENT_ID_HEADER), [PARTNER_CLIENT_ID]);
 
     // The introspection request the filter made.
     let calls = f.idp.requests();
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].token.as_deref(), Some(token.as_str()));
+    assert_eq!(calls[0].request.method, "POST");
+    assert_eq!(calls[0].request.path, "/introspect");
+    assert_eq!(calls[0].request.header("host"), Some("introspection"));
     let accept = calls[0].request.header("accept").unwrap_or_default();
     assert!(accept.contains("application/jwt"), "Accept {accept:?}");
     assert_eq!(f.idp.jwks_fetches(), 1);
 
     let stats = f.envoy.stats();
-    assert_eq!(counter(&stats, "certbound.requests_allowed"), 1, "{stats:?}");
-    assert_eq!(counter(&stats, "certbound.introspection_calls"), 1, "{stats:?}");
+    assert_eq!(
+        counter(&stats, "certbound.requests_allowed"),
+        1,
+        "{stats:?}"
+    );
+    assert_eq!(
+        counter(&stats, "certbound.introspection_calls"),
+        1,
+        "{stats:?}"
+    );
     assert_eq!(counter(&stats, "certbound.cache_misses"), 1, "{stats:?}");
     assert_eq!(counter(&stats, "certbound.cache_hits"), 0, "{stats:?}");
     assert_eq!(counter(&stats, "certbound.jwks_fetches"), 1, "{stats:?}");
 
     let again = f.get(CLIENT, "/api/transactions", Some(&token));
     assert_eq!(again.status, 200, "{again:?}");
-    assert_eq!(f.idp.calls(), 1, "a cached token must not be introspected again");
+    assert_eq!(
+        f.idp.calls(),
+        1,
+        "a cached token must not be introspected again"
+    );
     assert_eq!(f.upstream.count(), 2);
-    assert_eq!(f.upstream.last().header_all("authorization"), [format!("Bearer {jwt}")]);
+    assert_eq!(
+        f.upstream.last().header_all("authorization"),
+        [format!("Bearer {jwt}")]
+    );
     let stats = f.envoy.stats();
     assert_eq!(counter(&stats, "certbound.cache_hits"), 1, "{stats:?}");
     assert_eq!(counter(&stats, "certbound.cache_misses"), 1, "{stats:?}");
-    assert_eq!(counter(&stats, "certbound.requests_allowed"), 2, "{stats:?}");
-    assert_eq!(counter(&stats, "certbound.introspection_calls"), 1, "{stats:?}");
+    assert_eq!(
+        counter(&stats, "certbound.requests_allowed"),
+        2,
+        "{stats:?}"
+    );
+    assert_eq!(
+        counter(&stats, "certbound.introspection_calls"),
+        1,
+        "{stats:?}"
+    );
+    f.assert_log_has_none_of(&[&token, &jwt, CLIENT_SECRET]);
+}
+
+#[test]
+fn answer_with_max_age_zero_is_not_cached() {
+    let f = Fixture::new(Format::Jwt);
+    f.idp.set_max_age(Some(0));
+    let token = f.bound_token(CLIENT, SCOPES);
+    for _ in 0..2 {
+        let reply = f.get(CLIENT, "/api/transactions", Some(&token));
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    assert_eq!(
+        f.idp.calls(),
+        2,
+        "Cache-Control: max-age=0 forbids caching the answer"
+    );
+    assert_eq!(f.counter("certbound.cache_hits"), 0);
 }
 
 #[test]
@@ -245,8 +342,70 @@ fn jwks_is_fetched_once_for_several_tokens() {
     assert_eq!(f.counter("certbound.cache_misses"), 3);
 }
 
+#[test]
+fn request_body_reaches_the_upstream_intact_after_introspection() {
+    let f = Fixture::new(Format::Jwt);
+    let token = f.bound_token(CLIENT, SCOPES);
+    let body: String = (0..20_000).map(|i| format!("{i},")).collect();
+    let reply = send(
+        f.envoy
+            .client(CLIENT)
+            .post(f.envoy.url("/api/transactions"))
+            .bearer_auth(&token)
+            .header("content-type", "text/csv")
+            .body(body.clone()),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let forwarded = f.upstream.last();
+    assert_eq!(forwarded.method, "POST");
+    assert_eq!(forwarded.body.len(), body.len());
+    assert!(
+        forwarded.body == body.as_bytes(),
+        "the body changed on its way"
+    );
+}
+
+#[test]
+fn positive_cache_entry_expires_after_max_ttl() {
+    let f = Fixture::with(Format::Jwt, |c| c["cache"] = json!({"max_ttl_seconds": 1}));
+    let token = f.bound_token(CLIENT, SCOPES);
+    assert_eq!(f.get(CLIENT, "/api/transactions", Some(&token)).status, 200);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(f.get(CLIENT, "/api/transactions", Some(&token)).status, 200);
+    assert_eq!(
+        f.idp.calls(),
+        2,
+        "an entry older than max_ttl_seconds must be introspected again"
+    );
+    assert_eq!(f.counter("certbound.cache_misses"), 2);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. Certificate binding.
+
+#[test]
+fn request_without_client_certificate_is_401_when_tls_lets_it_through() {
+    let f = Fixture::with_opts(
+        Format::Jwt,
+        |_| {},
+        |o| o.require_client_certificate = false,
+    );
+    let token = f.bound_token(CLIENT, SCOPES);
+    let reply = get(
+        &f.envoy.client_without_cert(),
+        &f.envoy,
+        "/api/transactions",
+        Some(&token),
+    );
+    assert_invalid_token(&reply);
+    assert_eq!(f.upstream.count(), 0);
+    assert_eq!(
+        f.counter("certbound.requests_denied.no_client_certificate"),
+        1
+    );
+    // The same listener still serves the certificate's holder.
+    assert_eq!(f.get(CLIENT, "/api/transactions", Some(&token)).status, 200);
+}
 
 #[test]
 fn bound_token_presented_with_another_certificate_is_rejected() {
@@ -255,7 +414,10 @@ fn bound_token_presented_with_another_certificate_is_rejected() {
     let reply = f.get(CLIENT2, "/api/transactions", Some(&token));
     assert_invalid_token(&reply);
     assert_eq!(f.upstream.count(), 0);
-    assert_eq!(f.counter("certbound.requests_denied.certificate_mismatch"), 1);
+    assert_eq!(
+        f.counter("certbound.requests_denied.certificate_mismatch"),
+        1
+    );
     assert_eq!(f.counter("certbound.requests_allowed"), 0);
 }
 
@@ -267,9 +429,20 @@ fn cached_bound_token_presented_with_another_certificate_is_rejected() {
 
     let reply = f.get(CLIENT2, "/api/transactions", Some(&token));
     assert_invalid_token(&reply);
-    assert_eq!(f.upstream.count(), 1, "the stolen-token request must not reach the upstream");
-    assert_eq!(f.idp.calls(), 1, "the second request is decided from the cache");
-    assert_eq!(f.counter("certbound.requests_denied.certificate_mismatch"), 1);
+    assert_eq!(
+        f.upstream.count(),
+        1,
+        "the stolen-token request must not reach the upstream"
+    );
+    assert_eq!(
+        f.idp.calls(),
+        1,
+        "the second request is decided from the cache"
+    );
+    assert_eq!(
+        f.counter("certbound.requests_denied.certificate_mismatch"),
+        1
+    );
     assert_eq!(f.counter("certbound.cache_hits"), 1);
 
     // The mismatch did not spoil the entry for its rightful holder.
@@ -288,9 +461,16 @@ fn inactive_token_is_rejected_and_negatively_cached(format: Format) {
     for attempt in 1..=2u64 {
         let reply = f.get(CLIENT, "/api/transactions", Some(&token));
         assert_invalid_token(&reply);
-        assert_eq!(f.counter("certbound.requests_denied.inactive_token"), attempt);
+        assert_eq!(
+            f.counter("certbound.requests_denied.inactive_token"),
+            attempt
+        );
     }
-    assert_eq!(f.idp.calls(), 1, "{format:?}: an inactive answer must be cached");
+    assert_eq!(
+        f.idp.calls(),
+        1,
+        "{format:?}: an inactive answer must be cached"
+    );
     assert_eq!(f.upstream.count(), 0);
     assert_eq!(f.counter("certbound.introspection_calls"), 1);
     assert_eq!(f.counter("certbound.introspection_failures"), 0);
@@ -311,6 +491,24 @@ fn inactive_token_is_rejected_and_negatively_cached_introspection_jwt() {
     inactive_token_is_rejected_and_negatively_cached(Format::IntrospectionJwt);
 }
 
+#[test]
+fn negative_cache_entry_expires_after_negative_ttl() {
+    let f = Fixture::with(Format::Json, |c| {
+        c["cache"] = json!({"negative_ttl_seconds": 1})
+    });
+    let token = opaque_token("inactive");
+    assert_invalid_token(&f.get(CLIENT, "/api/transactions", Some(&token)));
+    std::thread::sleep(Duration::from_millis(2500));
+    // Meanwhile the token became active (say, the identity server had been lagging).
+    f.idp.register(
+        &token,
+        Behaviour::Active(bound_claims(&thumbprint(CLIENT), SCOPES)),
+    );
+    let reply = f.get(CLIENT, "/api/transactions", Some(&token));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(f.idp.calls(), 2);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. What the upstream receives in the other formats.
 
@@ -327,14 +525,24 @@ fn json_format_forwards_the_original_token_and_claim_headers() {
     let reply = f.get(CLIENT, "/api/transactions", Some(&token));
     assert_eq!(reply.status, 200, "{reply:?}");
     let forwarded = f.upstream.last();
-    assert_eq!(forwarded.header_all("authorization"), [format!("Bearer {token}")]);
+    assert_eq!(
+        forwarded.header_all("authorization"),
+        [format!("Bearer {token}")]
+    );
     assert_eq!(forwarded.header_all(CLIENT_ID_HEADER), [PARTNER_CLIENT_ID]);
-    assert_eq!(forwarded.header_all("x-certbound-subject"), ["partner-user"]);
+    assert_eq!(
+        forwarded.header_all("x-certbound-subject"),
+        ["partner-user"]
+    );
     // A non-string claim is forwarded as JSON.
     let cnf: Value = serde_json::from_str(forwarded.header("x-certbound-cnf").unwrap_or("null"))
         .expect("x-certbound-cnf is JSON");
     assert_eq!(cnf, json!({"x5t#S256": thumbprint(CLIENT)}));
-    let accept = f.idp.requests()[0].request.header("accept").unwrap_or_default().to_string();
+    let accept = f.idp.requests()[0]
+        .request
+        .header("accept")
+        .unwrap_or_default()
+        .to_string();
     assert!(!accept.contains("jwt"), "json format asked for {accept:?}");
     assert_eq!(f.idp.jwks_fetches(), 0);
     assert_eq!(f.counter("certbound.requests_allowed"), 1);
@@ -348,10 +556,20 @@ fn introspection_jwt_format_forwards_the_introspection_jwt() {
     assert_eq!(reply.status, 200, "{reply:?}");
     let jwt = f.idp.answered(&token).expect("answered");
     let forwarded = f.upstream.last();
-    assert_eq!(forwarded.header_all("authorization"), [format!("Bearer {jwt}")]);
+    assert_eq!(
+        forwarded.header_all("authorization"),
+        [format!("Bearer {jwt}")]
+    );
     assert_eq!(forwarded.header_all(CLIENT_ID_HEADER), [PARTNER_CLIENT_ID]);
-    let accept = f.idp.requests()[0].request.header("accept").unwrap_or_default().to_string();
-    assert!(accept.contains("application/token-introspection+jwt"), "Accept {accept:?}");
+    let accept = f.idp.requests()[0]
+        .request
+        .header("accept")
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        accept.contains("application/token-introspection+jwt"),
+        "Accept {accept:?}"
+    );
     assert_eq!(f.counter("certbound.requests_allowed"), 1);
     assert_eq!(f.counter("certbound.jwks_fetches"), 1);
 }
@@ -388,7 +606,11 @@ fn introspection_failure(
     let idp = Introspection::start(format);
     let mut config = filter_config(format);
     tweak(&mut config);
-    let introspection_port = if behaviour.is_some() { idp.port() } else { free_port() };
+    let introspection_port = if behaviour.is_some() {
+        idp.port()
+    } else {
+        free_port()
+    };
     let envoy = Envoy::start(&EnvoyOpts::new(config, introspection_port, upstream.port()))
         .unwrap_or_else(|e| panic!("{e}"));
     let token = opaque_token("failing");
@@ -397,13 +619,24 @@ fn introspection_failure(
 
     for attempt in 1..=2u64 {
         let reply = get(&client, &envoy, "/api/transactions", Some(&token));
-        assert_eq!(reply.status, expected.status, "{behaviour:?} attempt {attempt}: {reply:?}");
+        assert_eq!(
+            reply.status, expected.status,
+            "{behaviour:?} attempt {attempt}: {reply:?}"
+        );
         assert_eq!(reply.json()["error"], expected.error, "{reply:?}");
         assert!(reply.header("www-authenticate").is_none(), "{reply:?}");
         let stats = envoy.stats();
-        assert_eq!(counter(&stats, "certbound.introspection_failures"), attempt, "{stats:?}");
+        assert_eq!(
+            counter(&stats, "certbound.introspection_failures"),
+            attempt,
+            "{stats:?}"
+        );
         assert_eq!(counter(&stats, expected.metric), attempt, "{stats:?}");
-        assert_eq!(counter(&stats, "certbound.requests_allowed"), 0, "{stats:?}");
+        assert_eq!(
+            counter(&stats, "certbound.requests_allowed"),
+            0,
+            "{stats:?}"
+        );
         if behaviour.is_some() {
             assert_eq!(idp.calls() as u64, attempt, "a failure must not be cached");
         }
@@ -465,7 +698,12 @@ fn introspection_huge_answer_is_502() {
 #[test]
 fn introspection_jwt_signed_by_unknown_key_is_502_jwt() {
     let claims = bound_claims(&thumbprint(CLIENT), SCOPES);
-    introspection_failure(Format::Jwt, Some(Behaviour::SignedByOtherKey(claims)), |_| {}, BAD_RESPONSE);
+    introspection_failure(
+        Format::Jwt,
+        Some(Behaviour::SignedByOtherKey(claims)),
+        |_| {},
+        BAD_RESPONSE,
+    );
 }
 
 #[test]
@@ -506,7 +744,10 @@ fn client_supplied_claim_headers_never_reach_the_upstream() {
             .header(CLIENT_ID_HEADER, "evil-too"),
     );
     assert_eq!(allowed.status, 200, "{allowed:?}");
-    assert_eq!(f.upstream.last().header_all(CLIENT_ID_HEADER), [PARTNER_CLIENT_ID]);
+    assert_eq!(
+        f.upstream.last().header_all(CLIENT_ID_HEADER),
+        [PARTNER_CLIENT_ID]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -542,6 +783,31 @@ fn client_id_not_allowed_on_route_is_401() {
     assert_eq!(f.counter("certbound.requests_denied.client_not_allowed"), 1);
 }
 
+#[test]
+fn route_methods_select_the_policy() {
+    let f = Fixture::with(Format::Jwt, |c| c["routes"][0]["methods"] = json!(["POST"]));
+    let token = f.bound_token(CLIENT, "other");
+    let client = f.envoy.client(CLIENT);
+    let post = send(
+        client
+            .post(f.envoy.url("/api/transactions"))
+            .bearer_auth(&token)
+            .body("{}"),
+    );
+    assert_eq!(
+        post.status, 403,
+        "POST matches the route that requires the scope: {post:?}"
+    );
+    let get = send(
+        client
+            .get(f.envoy.url("/api/transactions"))
+            .bearer_auth(&token),
+    );
+    assert_eq!(get.status, 200, "GET falls to the default policy: {get:?}");
+    assert_eq!(f.upstream.count(), 1);
+    assert_eq!(f.upstream.last().method, "GET");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 8. Request parsing (RFC 6750): decided before introspection.
 
@@ -550,21 +816,30 @@ fn requests_without_a_bearer_token_get_a_bare_challenge() {
     let f = Fixture::new(Format::Jwt);
     let client = f.envoy.client(CLIENT);
     let cases = [
-        ("no Authorization", client.get(f.envoy.url("/api/transactions"))),
+        (
+            "no Authorization",
+            client.get(f.envoy.url("/api/transactions")),
+        ),
         (
             "token only in the query",
             client.get(f.envoy.url("/api/transactions?access_token=abcdef")),
         ),
         (
             "Basic scheme",
-            client.get(f.envoy.url("/api/transactions")).header("authorization", "Basic YTpi"),
+            client
+                .get(f.envoy.url("/api/transactions"))
+                .header("authorization", "Basic YTpi"),
         ),
     ];
     let total = cases.len() as u64;
     for (case, request) in cases {
         let reply = send(request);
         assert_eq!(reply.status, 401, "{case}: {reply:?}");
-        assert_eq!(reply.header("www-authenticate"), Some(r#"Bearer realm="certbound""#), "{case}");
+        assert_eq!(
+            reply.header("www-authenticate"),
+            Some(r#"Bearer realm="certbound""#),
+            "{case}"
+        );
         assert_eq!(reply.json()["error"], "unauthorized", "{case}: {reply:?}");
     }
     assert_eq!(f.counter("certbound.requests_denied.missing_token"), total);
@@ -586,27 +861,81 @@ fn malformed_authorization_is_400_invalid_request() {
                 .header("authorization", "Bearer abc")
                 .header("authorization", "Bearer def"),
         ),
-        ("space inside the token", client.get(&url).header("authorization", "Bearer a b")),
-        ("character outside b64token", client.get(&url).header("authorization", "Bearer t@ken")),
-        ("token longer than max_token_length", client.get(&url).bearer_auth("a".repeat(101))),
+        (
+            "space inside the token",
+            client.get(&url).header("authorization", "Bearer a b"),
+        ),
+        (
+            "character outside b64token",
+            client.get(&url).header("authorization", "Bearer t@ken"),
+        ),
+        (
+            "token longer than max_token_length",
+            client.get(&url).bearer_auth("a".repeat(101)),
+        ),
     ];
     let total = cases.len() as u64;
     for (case, request) in cases {
         let reply = send(request);
         assert_eq!(reply.status, 400, "{case}: {reply:?}");
         assert_www_authenticate_contains(&reply, r#"error="invalid_request""#);
-        assert_eq!(reply.json()["error"], "invalid_request", "{case}: {reply:?}");
+        assert_eq!(
+            reply.json()["error"],
+            "invalid_request",
+            "{case}: {reply:?}"
+        );
     }
-    assert_eq!(f.counter("certbound.requests_denied.invalid_request"), total);
+    assert_eq!(
+        f.counter("certbound.requests_denied.invalid_request"),
+        total
+    );
     assert_eq!(f.counter("certbound.introspection_calls"), 0);
     assert_eq!(f.idp.calls(), 0);
     assert_eq!(f.upstream.count(), 0);
 
     // Exactly max_token_length is accepted.
     let longest = "b".repeat(100);
-    f.idp.register(&longest, Behaviour::Active(bound_claims(&thumbprint(CLIENT), SCOPES)));
+    f.idp.register(
+        &longest,
+        Behaviour::Active(bound_claims(&thumbprint(CLIENT), SCOPES)),
+    );
     let reply = f.get(CLIENT, "/api/transactions", Some(&longest));
     assert_eq!(reply.status, 200, "{reply:?}");
+}
+
+#[test]
+fn bearer_scheme_is_case_insensitive() {
+    // RFC 7235 section 2.1: the auth-scheme is case-insensitive.
+    let f = Fixture::new(Format::Jwt);
+    let token = f.bound_token(CLIENT, SCOPES);
+    let client = f.envoy.client(CLIENT);
+    for scheme in ["bearer", "BEARER"] {
+        let reply = send(
+            client
+                .get(f.envoy.url("/api/transactions"))
+                .header("authorization", format!("{scheme} {token}")),
+        );
+        assert_eq!(reply.status, 200, "{scheme}: {reply:?}");
+    }
+}
+
+#[test]
+fn configured_realm_is_used_in_challenges() {
+    let f = Fixture::with(Format::Jwt, |c| c["realm"] = json!("partners"));
+    let reply = f.get(CLIENT, "/api/transactions", None);
+    assert_eq!(reply.status, 401, "{reply:?}");
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some(r#"Bearer realm="partners""#)
+    );
+    let inactive = f.get(CLIENT, "/api/transactions", Some("no-such-token"));
+    assert_eq!(inactive.status, 401, "{inactive:?}");
+    let challenge = inactive.header("www-authenticate").unwrap_or_default();
+    assert!(challenge.contains(r#"realm="partners""#), "{challenge}");
+    assert!(
+        challenge.contains(r#"error="invalid_token""#),
+        "{challenge}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -616,7 +945,8 @@ fn malformed_authorization_is_400_invalid_request() {
 fn token_without_cnf_is_rejected_where_binding_is_required() {
     let f = Fixture::new(Format::Jwt);
     let token = opaque_token("unbound");
-    f.idp.register(&token, Behaviour::Active(unbound_claims(SCOPES)));
+    f.idp
+        .register(&token, Behaviour::Active(unbound_claims(SCOPES)));
     for path in ["/api/transactions", "/api/accounts"] {
         let reply = f.get(CLIENT, path, Some(&token));
         assert_invalid_token(&reply);
@@ -632,7 +962,8 @@ fn token_without_cnf_is_allowed_where_binding_is_not_required() {
         c["routes"][0]["require_binding"] = json!(false);
     });
     let token = opaque_token("unbound");
-    f.idp.register(&token, Behaviour::Active(unbound_claims(SCOPES)));
+    f.idp
+        .register(&token, Behaviour::Active(unbound_claims(SCOPES)));
     for path in ["/api/transactions", "/api/accounts"] {
         let reply = f.get(CLIENT, path, Some(&token));
         assert_eq!(reply.status, 200, "{path}: {reply:?}");
@@ -660,6 +991,61 @@ fn expired_phantom_jwt_is_rejected() {
     assert_eq!(f.counter("certbound.requests_allowed"), 0);
 }
 
+#[test]
+fn phantom_jwt_expired_within_clock_skew_is_accepted() {
+    let f = Fixture::new(Format::Jwt);
+    let token = opaque_token("just-expired");
+    let mut claims = bound_claims(&thumbprint(CLIENT), SCOPES);
+    let now = now();
+    claims["iat"] = json!(now - 300);
+    claims["exp"] = json!(now - 10);
+    f.idp.register(&token, Behaviour::Active(claims));
+    let reply = f.get(CLIENT, "/api/transactions", Some(&token));
+    assert_eq!(
+        reply.status, 200,
+        "exp 10 s ago is within the default 60 s skew: {reply:?}"
+    );
+}
+
+type ClaimsChange = fn(&mut Value);
+
+#[test]
+fn phantom_jwt_failing_verification_is_502() {
+    let f = Fixture::new(Format::Jwt);
+    let cases: [(&str, ClaimsChange); 3] = [
+        ("another issuer", |c| c["iss"] = json!("https://evil.test")),
+        ("another audience", |c| {
+            c["aud"] = json!("other-api.example.com")
+        }),
+        ("no exp", |c| {
+            c.as_object_mut().unwrap().remove("exp");
+        }),
+    ];
+    for (n, (case, change)) in cases.into_iter().enumerate() {
+        let token = opaque_token("unverifiable");
+        let mut claims = bound_claims(&thumbprint(CLIENT), SCOPES);
+        change(&mut claims);
+        f.idp.register(&token, Behaviour::Active(claims));
+        let reply = f.get(CLIENT, "/api/transactions", Some(&token));
+        assert_eq!(reply.status, 502, "{case}: {reply:?}");
+        assert_eq!(reply.json()["error"], "server_error", "{case}");
+        let denied = f.counter("certbound.requests_denied.introspection_bad_response");
+        assert_eq!(denied, n as u64 + 1, "{case}");
+    }
+    assert_eq!(f.upstream.count(), 0);
+}
+
+#[test]
+fn phantom_jwt_not_yet_valid_is_rejected() {
+    let f = Fixture::new(Format::Jwt);
+    let token = opaque_token("future");
+    let mut claims = bound_claims(&thumbprint(CLIENT), SCOPES);
+    claims["nbf"] = json!(now() + 3600);
+    f.idp.register(&token, Behaviour::Active(claims));
+    assert_invalid_token(&f.get(CLIENT, "/api/transactions", Some(&token)));
+    assert_eq!(f.upstream.count(), 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 11. mTLS is a precondition.
 
@@ -667,8 +1053,16 @@ fn expired_phantom_jwt_is_rejected() {
 fn client_without_certificate_cannot_complete_tls() {
     let f = Fixture::new(Format::Jwt);
     let token = f.bound_token(CLIENT, SCOPES);
-    let result = f.envoy.client_without_cert().get(f.envoy.url("/api/transactions")).bearer_auth(&token).send();
-    assert!(result.is_err(), "a client without certificate got {result:?}");
+    let result = f
+        .envoy
+        .client_without_cert()
+        .get(f.envoy.url("/api/transactions"))
+        .bearer_auth(&token)
+        .send();
+    assert!(
+        result.is_err(),
+        "a client without certificate got {result:?}"
+    );
     assert_eq!(f.upstream.count(), 0);
     assert_eq!(f.idp.calls(), 0);
 }
@@ -686,12 +1080,27 @@ fn bad_config_is_refused(tweak: impl FnOnce(&mut Value), field: &str) {
     tweak(&mut config);
     match Envoy::start(&EnvoyOpts::new(config, idp.port(), upstream.port())) {
         Err(e) => {
-            assert!(e.log.contains("Unable to create Wasm plugin certbound"), "{e}");
-            let named = e.log.lines().any(|l| l.contains("wasm log certbound") && l.contains(field));
+            assert!(
+                e.log.contains("Unable to create Wasm plugin certbound"),
+                "{e}"
+            );
+            let named = e
+                .log
+                .lines()
+                .any(|l| l.contains("wasm log certbound") && l.contains(field));
             assert!(named, "no filter log line names {field:?}:\n{e}");
+            assert!(
+                !e.log.contains(CLIENT_SECRET),
+                "the log shows the client secret:\n{e}"
+            );
         }
         Ok(envoy) => {
-            let reply = get(&envoy.client(CLIENT), &envoy, "/api/transactions", Some("abc"));
+            let reply = get(
+                &envoy.client(CLIENT),
+                &envoy,
+                "/api/transactions",
+                Some("abc"),
+            );
             panic!("Envoy started with a bad configuration ({field}); a request got {reply:?}");
         }
     }
@@ -710,5 +1119,8 @@ fn unknown_introspection_format_is_refused() {
 
 #[test]
 fn zero_introspection_timeout_is_refused() {
-    bad_config_is_refused(|c| c["introspection"]["timeout_ms"] = json!(0), "timeout_ms");
+    bad_config_is_refused(
+        |c| c["introspection"]["timeout_ms"] = json!(0),
+        "timeout_ms",
+    );
 }

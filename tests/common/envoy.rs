@@ -21,15 +21,37 @@ pub struct EnvoyOpts {
     pub introspection_port: u16,
     pub upstream_port: u16,
     pub wasm: PathBuf,
+    /// `require_client_certificate` of the listener (true unless a test needs certificate-less TLS).
+    pub require_client_certificate: bool,
+    /// Load the module with `vm_config.code.remote` instead of `local: wasm` (tests/distribution.rs).
+    pub remote: Option<RemoteModule>,
+}
+
+/// Where Envoy downloads the module: `http://127.0.0.1:<port>/certbound.wasm` through a cluster
+/// `wasm_server`, checked against `sha256` (lower-case hex), retried `num_retries` times.
+pub struct RemoteModule {
+    pub port: u16,
+    pub sha256: String,
+    pub num_retries: u32,
 }
 
 impl EnvoyOpts {
     pub fn new(filter: Value, introspection_port: u16, upstream_port: u16) -> Self {
-        EnvoyOpts { filter: Some(filter), introspection_port, upstream_port, wasm: wasm_path() }
+        EnvoyOpts {
+            filter: Some(filter),
+            introspection_port,
+            upstream_port,
+            wasm: wasm_path(),
+            require_client_certificate: true,
+            remote: None,
+        }
     }
 
     pub fn without_filter(introspection_port: u16, upstream_port: u16) -> Self {
-        EnvoyOpts { filter: None, introspection_port, upstream_port, wasm: wasm_path() }
+        EnvoyOpts {
+            filter: None,
+            ..Self::new(Value::Null, introspection_port, upstream_port)
+        }
     }
 }
 
@@ -67,6 +89,7 @@ pub struct Envoy {
 impl Envoy {
     /// Starts Envoy and waits for admin `/ready` to say LIVE; retries on a port race.
     pub fn start(opts: &EnvoyOpts) -> Result<Envoy, StartError> {
+        preconditions(opts)?;
         let mut last = None;
         for _ in 0..3 {
             match Self::start_once(opts) {
@@ -91,15 +114,18 @@ impl Envoy {
         let admin_port = free_port();
         let config = bootstrap(opts, listener_port, admin_port);
         let config_path = dir.join("envoy.yaml");
-        fs::write(&config_path, serde_json::to_string_pretty(&config).expect("json"))
-            .expect("write envoy config");
+        fs::write(
+            &config_path,
+            serde_json::to_string_pretty(&config).expect("json"),
+        )
+        .expect("write envoy config");
         let log_path = dir.join("envoy.log");
         let log = File::create(&log_path).expect("create envoy log");
         let child = Command::new(envoy_bin())
             .arg("-c")
             .arg(&config_path)
             .args(["--concurrency", "1", "--log-level", "warn"])
-            .args(["--component-log-level", "wasm:info"])
+            .args(["--component-log-level", "wasm:debug"])
             .arg("--disable-hot-restart")
             .args(["--base-id", &admin_port.to_string()])
             .stdin(Stdio::null())
@@ -110,14 +136,22 @@ impl Envoy {
                 message: format!("cannot run {}: {e}", envoy_bin().display()),
                 log: String::new(),
             })?;
-        let mut envoy = Envoy { process: ProcessGuard(child), dir, listener_port, admin_port };
+        let mut envoy = Envoy {
+            process: ProcessGuard(child),
+            dir,
+            listener_port,
+            admin_port,
+        };
         match envoy.wait_ready() {
             Ok(()) => Ok(envoy),
             Err(message) => {
                 // Stop it before reading the log, so the log is complete.
                 let _ = envoy.process.0.kill();
                 let _ = envoy.process.0.wait();
-                Err(StartError { message, log: envoy.log() })
+                Err(StartError {
+                    message,
+                    log: envoy.log(),
+                })
             }
         }
     }
@@ -203,6 +237,34 @@ impl Drop for Envoy {
     }
 }
 
+/// Missing inputs get a message that says how to make them, instead of an Envoy error.
+fn preconditions(opts: &EnvoyOpts) -> Result<(), StartError> {
+    let missing = |what: &str, path: &Path, how: &str| StartError {
+        message: format!("{what} not found at {} ({how})", path.display()),
+        log: String::new(),
+    };
+    if !envoy_bin().exists() {
+        return Err(missing(
+            "Envoy",
+            &envoy_bin(),
+            "set ENVOY_BIN, or `make setup`",
+        ));
+    }
+    if opts.filter.is_some() && opts.remote.is_none() && !opts.wasm.exists() {
+        let how = "set CERTBOUND_WASM, or `cargo build --release --target wasm32-wasip1`";
+        return Err(missing("the filter", &opts.wasm, how));
+    }
+    let trust = certs_dir().join("trust.pem");
+    if !trust.exists() {
+        return Err(missing(
+            "the certificates",
+            &trust,
+            "set CERTS_DIR, or run certs/make-certs.sh",
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn admin_client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .no_proxy()
@@ -226,6 +288,25 @@ fn static_cluster(name: &str, port: u16) -> Value {
     })
 }
 
+/// `vm_config.code`: the local file, or the remote download of `opts.remote`.
+fn module_code(opts: &EnvoyOpts) -> Value {
+    match &opts.remote {
+        None => json!({"local": {"filename": opts.wasm.display().to_string()}}),
+        Some(remote) => json!({"remote": {
+            "http_uri": {
+                "uri": format!("http://127.0.0.1:{}/certbound.wasm", remote.port),
+                "cluster": "wasm_server",
+                "timeout": "10s"
+            },
+            "sha256": remote.sha256,
+            "retry_policy": {
+                "num_retries": remote.num_retries,
+                "retry_back_off": {"base_interval": "0.1s", "max_interval": "0.2s"}
+            }
+        }}),
+    }
+}
+
 /// The bootstrap (JSON, which Envoy reads as YAML): one mTLS listener, the filter, two clusters.
 fn bootstrap(opts: &EnvoyOpts, listener_port: u16, admin_port: u16) -> Value {
     let certs = certs_dir();
@@ -242,7 +323,7 @@ fn bootstrap(opts: &EnvoyOpts, listener_port: u16, admin_port: u16) -> Value {
                     "vm_config": {
                         "vm_id": "certbound",
                         "runtime": "envoy.wasm.runtime.v8",
-                        "code": {"local": {"filename": opts.wasm.display().to_string()}}
+                        "code": module_code(opts)
                     },
                     "configuration": {
                         "@type": "type.googleapis.com/google.protobuf.StringValue",
@@ -252,6 +333,13 @@ fn bootstrap(opts: &EnvoyOpts, listener_port: u16, admin_port: u16) -> Value {
                 }
             }
         }));
+    }
+    let mut clusters = vec![
+        static_cluster("introspection", opts.introspection_port),
+        static_cluster("upstream", opts.upstream_port),
+    ];
+    if let Some(remote) = &opts.remote {
+        clusters.push(static_cluster("wasm_server", remote.port));
     }
     http_filters.push(json!({
         "name": "envoy.filters.http.router",
@@ -268,7 +356,7 @@ fn bootstrap(opts: &EnvoyOpts, listener_port: u16, admin_port: u16) -> Value {
                         "name": "envoy.transport_sockets.tls",
                         "typed_config": {
                             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-                            "require_client_certificate": true,
+                            "require_client_certificate": opts.require_client_certificate,
                             "common_tls_context": {
                                 "tls_certificates": [{
                                     "certificate_chain": file("example.tls.pem"),
@@ -297,10 +385,7 @@ fn bootstrap(opts: &EnvoyOpts, listener_port: u16, admin_port: u16) -> Value {
                     }]
                 }]
             }],
-            "clusters": [
-                static_cluster("introspection", opts.introspection_port),
-                static_cluster("upstream", opts.upstream_port)
-            ]
+            "clusters": clusters
         }
     })
 }

@@ -20,19 +20,30 @@ impl Request {
     /// First value of a header (name case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Every value of a header, in order.
     pub fn header_all(&self, name: &str) -> Vec<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().filter(|(n, _)| *n == name).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 }
 
 /// What a handler wants done with a request.
 pub enum Reply {
-    Respond { status: u16, headers: Vec<(String, String)>, body: Vec<u8> },
+    Respond {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
     /// Close the connection without answering.
     Close,
 }
@@ -47,7 +58,11 @@ impl Reply {
     }
 
     pub fn empty(status: u16) -> Self {
-        Reply::Respond { status, headers: Vec::new(), body: Vec::new() }
+        Reply::Respond {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
     }
 
     pub fn with_header(mut self, name: &str, value: &str) -> Self {
@@ -105,7 +120,9 @@ fn serve_connection(conn: TcpStream, handler: Handler) {
     // Idle keep-alive connections from Envoy end when Envoy exits; the timeout only bounds leaks.
     let _ = conn.set_read_timeout(Some(Duration::from_secs(120)));
     let _ = conn.set_nodelay(true);
-    let Ok(mut writer) = conn.try_clone() else { return };
+    let Ok(mut writer) = conn.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(conn);
     loop {
         let request = match read_request(&mut reader) {
@@ -120,7 +137,11 @@ fn serve_connection(conn: TcpStream, handler: Handler) {
                 let _ = writer.shutdown(Shutdown::Both);
                 return;
             }
-            Reply::Respond { status, headers, body } => {
+            Reply::Respond {
+                status,
+                headers,
+                body,
+            } => {
                 let mut head = format!("HTTP/1.1 {} {}\r\n", status, reason(status));
                 for (n, v) in &headers {
                     head.push_str(&format!("{n}: {v}\r\n"));
@@ -172,7 +193,12 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<Req
             headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
         }
     }
-    let mut request = Request { method, path, headers, body: Vec::new() };
+    let mut request = Request {
+        method,
+        path,
+        headers,
+        body: Vec::new(),
+    };
     if let Some(len) = request.header("content-length") {
         let len: usize = len.parse().unwrap_or(0);
         let mut body = vec![0u8; len];

@@ -68,18 +68,29 @@ pub enum Behaviour {
 /// The PS256 key the server signs with and publishes; generated once per test process.
 pub fn signing_key() -> &'static PS256KeyPair {
     static KEY: OnceLock<PS256KeyPair> = OnceLock::new();
-    KEY.get_or_init(|| PS256KeyPair::generate(2048).expect("generate PS256 key").with_key_id(KEY_ID))
+    KEY.get_or_init(|| {
+        PS256KeyPair::generate(2048)
+            .expect("generate PS256 key")
+            .with_key_id(KEY_ID)
+    })
 }
 
 /// A key that is not in the JWKS but claims the same `kid`.
 pub fn other_key() -> &'static PS256KeyPair {
     static KEY: OnceLock<PS256KeyPair> = OnceLock::new();
-    KEY.get_or_init(|| PS256KeyPair::generate(2048).expect("generate PS256 key").with_key_id(KEY_ID))
+    KEY.get_or_init(|| {
+        PS256KeyPair::generate(2048)
+            .expect("generate PS256 key")
+            .with_key_id(KEY_ID)
+    })
 }
 
 /// Signs exactly these claims (a JSON object) as a PS256 JWT, optionally with a `typ` header.
 pub fn sign(key: &PS256KeyPair, claims: &Value, typ: Option<&str>) -> String {
-    let custom: Map<String, Value> = claims.as_object().cloned().expect("claims must be a JSON object");
+    let custom: Map<String, Value> = claims
+        .as_object()
+        .cloned()
+        .expect("claims must be a JSON object");
     let claims = JWTClaims {
         issued_at: None,
         expires_at: None,
@@ -91,7 +102,10 @@ pub fn sign(key: &PS256KeyPair, claims: &Value, typ: Option<&str>) -> String {
         nonce: None,
         custom,
     };
-    let opts = HeaderOptions { content_type: None, signature_type: typ.map(str::to_string) };
+    let opts = HeaderOptions {
+        content_type: None,
+        signature_type: typ.map(str::to_string),
+    };
     key.sign_with_options(claims, &opts).expect("sign JWT")
 }
 
@@ -130,12 +144,20 @@ pub struct Introspection {
 
 impl Introspection {
     pub fn start(format: Format) -> Introspection {
-        // Generate the key before Envoy exists, so the first JWKS fetch is not slowed by it.
+        // Generate the keys before Envoy exists: done inside a request, key generation could
+        // outlast the filter's introspection timeout.
         let _ = signing_key();
+        let _ = other_key();
         let state: Arc<State> = Arc::default();
         let handler_state = state.clone();
-        let server = Server::start(Arc::new(move |req: &Request| handle(format, &handler_state, req)));
-        Introspection { server, format, state }
+        let server = Server::start(Arc::new(move |req: &Request| {
+            handle(format, &handler_state, req)
+        }));
+        Introspection {
+            server,
+            format,
+            state,
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -147,7 +169,11 @@ impl Introspection {
     }
 
     pub fn register(&self, token: &str, behaviour: Behaviour) {
-        self.state.behaviours.lock().unwrap().insert(token.to_string(), behaviour);
+        self.state
+            .behaviours
+            .lock()
+            .unwrap()
+            .insert(token.to_string(), behaviour);
     }
 
     /// Adds `Cache-Control: max-age=N` to 200 answers.
@@ -178,7 +204,10 @@ fn handle(format: Format, state: &State, req: &Request) -> Reply {
     let path = req.path.split('?').next().unwrap_or_default();
     if path == JWKS_PATH && req.method == "GET" {
         state.jwks_fetches.fetch_add(1, Ordering::SeqCst);
-        return with_max_age(state, Reply::new(200, "application/json", jwks_json().to_string()));
+        return with_max_age(
+            state,
+            Reply::new(200, "application/json", jwks_json().to_string()),
+        );
     }
     if path != INTROSPECTION_PATH {
         return Reply::new(404, "text/plain", "not found");
@@ -188,20 +217,23 @@ fn handle(format: Format, state: &State, req: &Request) -> Reply {
     }
     state.calls.fetch_add(1, Ordering::SeqCst);
     let token = form_field(&req.body, "token");
-    state
-        .requests
-        .lock()
-        .unwrap()
-        .push(IntrospectionRequest { token: token.clone(), request: req.clone() });
+    state.requests.lock().unwrap().push(IntrospectionRequest {
+        token: token.clone(),
+        request: req.clone(),
+    });
 
-    let expected = format!("Basic {}", STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}")));
+    let expected = format!(
+        "Basic {}",
+        STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"))
+    );
     if req.header("authorization") != Some(expected.as_str()) {
         return Reply::new(401, "application/json", r#"{"error":"invalid_client"}"#)
             .with_header("www-authenticate", "Basic realm=\"introspection\"");
     }
-    let form = req
-        .header("content-type")
-        .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+    let form = req.header("content-type").is_some_and(|v| {
+        v.to_ascii_lowercase()
+            .starts_with("application/x-www-form-urlencoded")
+    });
     let Some(token) = token.filter(|_| form) else {
         return Reply::new(400, "application/json", r#"{"error":"invalid_request"}"#);
     };
@@ -226,11 +258,18 @@ fn handle(format: Format, state: &State, req: &Request) -> Reply {
             inactive(format)
         }
         Behaviour::Status500 => Reply::new(500, "application/json", r#"{"error":"server_error"}"#),
-        Behaviour::Garbage => Reply::new(200, format.content_type(), "<html>this is not a token</html>"),
+        Behaviour::Garbage => Reply::new(
+            200,
+            format.content_type(),
+            "<html>this is not a token</html>",
+        ),
         Behaviour::Huge => Reply::new(200, format.content_type(), vec![b'a'; 10 * 1024 * 1024]),
         Behaviour::Reset => Reply::Close,
     };
-    if let Reply::Respond { status: 200, body, .. } = &reply {
+    if let Reply::Respond {
+        status: 200, body, ..
+    } = &reply
+    {
         state
             .answered
             .lock()

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 #[allow(unused_imports)]
-pub use envoy::{Envoy, EnvoyOpts, StartError};
+pub use envoy::{Envoy, EnvoyOpts, RemoteModule, StartError};
 pub use introspection::{Behaviour, Format, Introspection};
 pub use upstream::Upstream;
 
@@ -45,7 +45,10 @@ pub fn envoy_bin() -> PathBuf {
 }
 
 pub fn wasm_path() -> PathBuf {
-    env_path("CERTBOUND_WASM", repo().join("target/wasm32-wasip1/release/certbound.wasm"))
+    env_path(
+        "CERTBOUND_WASM",
+        repo().join("target/wasm32-wasip1/release/certbound.wasm"),
+    )
 }
 
 pub fn certs_dir() -> PathBuf {
@@ -62,13 +65,20 @@ pub fn free_port() -> u16 {
 }
 
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
 }
 
 /// A token string unique in this test process (opaque, like the identity server's).
 pub fn opaque_token(label: &str) -> String {
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    format!("{label}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "{label}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 /// RFC 8705 `x5t#S256` of the first certificate in a PEM file, computed without the filter's
@@ -153,7 +163,10 @@ pub fn client(listener_port: u16, cert_name: Option<&str>) -> reqwest::blocking:
         .no_proxy()
         .tls_built_in_root_certs(false)
         .add_root_certificate(reqwest::Certificate::from_pem(&root).expect("root.pem"))
-        .resolve("api.example.com", SocketAddr::from(([127, 0, 0, 1], listener_port)))
+        .resolve(
+            "api.example.com",
+            SocketAddr::from(([127, 0, 0, 1], listener_port)),
+        )
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30));
     if let Some(name) = cert_name {
@@ -176,7 +189,10 @@ pub struct Reply {
 impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body as JSON; panics with the body if it is not.
@@ -193,14 +209,28 @@ pub fn send(request: reqwest::blocking::RequestBuilder) -> Reply {
     let headers = resp
         .headers()
         .iter()
-        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let body = resp.text().unwrap_or_default();
-    Reply { status, headers, body }
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// GET `path` with `Authorization: Bearer <token>` (if any).
-pub fn get(client: &reqwest::blocking::Client, envoy: &Envoy, path: &str, token: Option<&str>) -> Reply {
+pub fn get(
+    client: &reqwest::blocking::Client,
+    envoy: &Envoy,
+    path: &str,
+    token: Option<&str>,
+) -> Reply {
     let mut request = client.get(envoy.url(path));
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));

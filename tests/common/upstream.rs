@@ -35,6 +35,8 @@ impl Upstream {
 
     /// The last request received; panics if there was none.
     pub fn last(&self) -> Request {
-        self.requests().pop().expect("the upstream received no request")
+        self.requests()
+            .pop()
+            .expect("the upstream received no request")
     }
 }

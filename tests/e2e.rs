@@ -1,0 +1,411 @@
+//! End to end: the real example system (identity server on Node, the example API, Envoy with the
+//! built certbound.wasm and the configurations in envoy/), started by example/system.sh on free
+//! ports, driven by a real client over real mutual TLS.
+//!
+//! One test starts the system once and runs the scenarios in order (they share the identity
+//! server, whose restart is one of them). Needs what `make test` prepares: Envoy (ENVOY_BIN), the
+//! wasm, the certificates (CERTS_DIR), the API binary (API_BIN), node and example/idsvr/node_modules.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "e2e/partner.rs"]
+mod partner;
+#[path = "e2e/system.rs"]
+mod system;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use partner::{Answer, Partner};
+use system::{repo, System};
+
+const FLOW: [&str; 6] = [
+    "Client is authenticating with the Identity Server via mutual TLS ...",
+    "Client successfully authenticated and received an opaque access token",
+    "Client is creating a transaction at the API using mutual TLS and the opaque access token ...",
+    "Client successfully created the API transaction using mutual TLS",
+    "An attacker replays the stolen token with a different client certificate ...",
+    "The API rejected the stolen token: 401 invalid_token",
+];
+
+const API: &str = "api.example.com";
+const API_SELFSIGNED: &str = "api-selfsigned.example.com";
+
+fn denied(reason: &str) -> String {
+    format!("certbound.requests_denied.{reason}")
+}
+
+/// Runs `f` and checks that it did not reach the API (the API's own request counter).
+fn without_reaching_the_api<T>(system: &System, what: &str, f: impl FnOnce() -> T) -> T {
+    let before = system.api_requests();
+    let result = f();
+    assert_eq!(
+        system.api_requests(),
+        before,
+        "{what}: the request reached the API"
+    );
+    result
+}
+
+fn assert_denied(a: &Answer, status: u16, error: &str, what: &str) {
+    assert_eq!(
+        (a.status, a.error().as_str()),
+        (status, error),
+        "{what}: {a:?}"
+    );
+    let challenge = a.www_authenticate.as_deref().unwrap_or_default();
+    assert!(
+        challenge.contains(&format!("error=\"{error}\"")),
+        "{what}: WWW-Authenticate {challenge:?}"
+    );
+}
+
+#[test]
+fn example_system_end_to_end() {
+    let started = Instant::now();
+    let system = System::new();
+    for service in ["idsvr", "api", "envoy", "envoy-formats"] {
+        system.start(service, &[]);
+    }
+    let ports = system.ports;
+    println!(
+        "system up in {:?} (run directory {})",
+        started.elapsed(),
+        system.run_dir.display()
+    );
+
+    let partner = Partner::new("example.client", ports);
+    // partner-client-2's certificate: a real partner, and the attacker who stole partner-client's token.
+    let other_partner = Partner::new("example.client2", ports);
+
+    // 1. The partner client of `make demo`, against this system.
+    let out = system.run_example("example/client.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "example/client.sh failed:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        FLOW,
+        "example/client.sh output"
+    );
+
+    // 2. The flow in each introspection format: what the filter forwards is verified by the API.
+    for (host, formats, forwarded) in [
+        (API, false, "at+jwt"),
+        ("api-json.example.com", true, "opaque"),
+        (
+            "api-introspection-jwt.example.com",
+            true,
+            "token-introspection+jwt",
+        ),
+    ] {
+        flow(&system, &partner, &other_partner, host, formats, forwarded);
+    }
+
+    // 3. No client certificate: the TLS handshake is refused.
+    let token = partner.token("partner-client", "transactions");
+    let no_cert = system.envoy_counter(false, "ssl.fail_verify_no_cert");
+    let r = without_reaching_the_api(&system, "no client certificate", || {
+        Partner::without_certificate(ports).call(
+            "POST",
+            API,
+            Some(&token),
+            &[],
+            Some("{\"amount\": 1}"),
+        )
+    });
+    assert!(
+        r.is_err(),
+        "a connection without a client certificate was accepted: {r:?}"
+    );
+    assert_eq!(
+        system.envoy_counter(false, "ssl.fail_verify_no_cert"),
+        no_cert + 1
+    );
+
+    // 4. Certificates that do not chain to the example CA: refused on api.example.com.
+    for stem in ["untrusted.client", "example.selfsigned"] {
+        let failed = system.envoy_counter(false, "ssl.fail_verify_error");
+        let r = without_reaching_the_api(&system, stem, || {
+            Partner::new(stem, ports).call("POST", API, Some(&token), &[], Some("{\"amount\": 1}"))
+        });
+        assert!(
+            r.is_err(),
+            "{stem}: a certificate from outside the trusted chain was accepted: {r:?}"
+        );
+        assert_eq!(
+            system.envoy_counter(false, "ssl.fail_verify_error"),
+            failed + 1,
+            "{stem}"
+        );
+    }
+
+    // 5. A token without the route's scope: 403.
+    let other_scope = other_partner.token("partner-client-2", "other");
+    let a = without_reaching_the_api(&system, "scope other", || {
+        other_partner.create(API, &other_scope, 3)
+    });
+    assert_denied(
+        &a,
+        403,
+        "insufficient_scope",
+        "a token for scope other on POST /api/transactions",
+    );
+
+    // 6. Self-signed partners on their own host name.
+    self_signed(&system, &partner, ports);
+
+    // 7. The identity server goes away: 503, nothing reaches the API; service resumes when it is back.
+    let unused = partner.token("partner-client", "transactions"); // in no cache yet
+    system.stop("idsvr");
+    let unavailable = system.envoy_counter(false, &denied("introspection_unavailable"));
+    let a = without_reaching_the_api(&system, "identity server down", || {
+        partner.create(API, &unused, 4)
+    });
+    assert_eq!(
+        (a.status, a.error().as_str()),
+        (503, "temporarily_unavailable"),
+        "identity server down: {a:?}"
+    );
+    assert_eq!(
+        system.envoy_counter(false, &denied("introspection_unavailable")),
+        unavailable + 1
+    );
+    assert!(
+        partner
+            .request_token("partner-client", "transactions")
+            .is_err(),
+        "token endpoint while it is down"
+    );
+
+    // Back, with short-lived tokens for step 8. Its tokens lived in memory: the old one is gone.
+    const TTL: u64 = 3;
+    system.start("idsvr", &[("IDSVR_ACCESS_TOKEN_TTL", &TTL.to_string())]);
+    let a = without_reaching_the_api(&system, "token from before the restart", || {
+        partner.create(API, &unused, 4)
+    });
+    assert_denied(
+        &a,
+        401,
+        "invalid_token",
+        "a token the restarted identity server does not know",
+    );
+    let short = partner.token("partner-client", "transactions");
+    let issued = Instant::now();
+    let a = partner.create(API, &short, 5);
+    assert_eq!(a.status, 201, "after the identity server came back: {a:?}");
+
+    // 8. The token expires: 401, even though the filter cached it a moment ago.
+    std::thread::sleep(
+        (issued + Duration::from_secs(TTL + 1)).saturating_duration_since(Instant::now()),
+    );
+    let inactive = system.envoy_counter(false, &denied("inactive_token"));
+    let a = without_reaching_the_api(&system, "expired token", || partner.create(API, &short, 6));
+    assert_denied(&a, 401, "invalid_token", "an expired token");
+    assert_eq!(
+        system.envoy_counter(false, &denied("inactive_token")),
+        inactive + 1
+    );
+
+    println!("end-to-end scenarios passed in {:?}", started.elapsed());
+}
+
+/// Token, transaction, list, stolen token, on one host name of a front proxy.
+fn flow(
+    system: &System,
+    partner: &Partner,
+    attacker: &Partner,
+    host: &str,
+    formats: bool,
+    forwarded: &str,
+) {
+    let token = partner.token("partner-client", "transactions");
+    let accepted = |s: &serde_json::Value| s["accepted"][forwarded].as_u64().unwrap_or(0);
+    let before = system.api_stats();
+    // A client-sent identity header is neither passed on by the filter nor believed by the API.
+    let a = partner
+        .call(
+            "POST",
+            host,
+            Some(&token),
+            &[("x-certbound-client-id", "someone-else")],
+            Some("{\"amount\": 42}"),
+        )
+        .unwrap_or_else(|e| panic!("{host}: POST failed: {e:?}"));
+    assert_eq!(a.status, 201, "{host}: create a transaction: {a:?}");
+    let tx = a.json();
+    assert_eq!(
+        (tx["client_id"].as_str(), tx["amount"].as_u64()),
+        (Some("partner-client"), Some(42)),
+        "{host}: {tx}"
+    );
+    assert_eq!(
+        accepted(&system.api_stats()),
+        accepted(&before) + 1,
+        "{host}: the API did not get a {forwarded} token"
+    );
+
+    // The same token again: the filter answers from its cache, no second introspection.
+    let calls = system.envoy_counter(formats, "certbound.introspection_calls");
+    let a = partner
+        .call("GET", host, Some(&token), &[], None)
+        .expect("GET");
+    assert_eq!(a.status, 200, "{host}: list transactions: {a:?}");
+    let list = a.json();
+    let ids: Vec<&str> = list
+        .as_array()
+        .map(|l| l.iter().filter_map(|t| t["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        ids.contains(&tx["id"].as_str().unwrap_or_default()),
+        "{host}: {ids:?} lacks {}",
+        tx["id"]
+    );
+    assert_eq!(
+        system.envoy_counter(formats, "certbound.introspection_calls"),
+        calls,
+        "{host}: cache miss"
+    );
+
+    // The stolen token with another partner's certificate.
+    let mismatches = system.envoy_counter(formats, &denied("certificate_mismatch"));
+    let a = without_reaching_the_api(system, host, || attacker.create(host, &token, 1_000_000));
+    assert_denied(&a, 401, "invalid_token", &format!("{host}: stolen token"));
+    assert_eq!(
+        system.envoy_counter(formats, &denied("certificate_mismatch")),
+        mismatches + 1,
+        "{host}"
+    );
+}
+
+fn self_signed(system: &System, pki_partner: &Partner, ports: system::Ports) {
+    let partner = Partner::new("example.selfsigned", ports);
+    let token = partner.token("partner-selfsigned", "transactions");
+    let a = partner.create(API_SELFSIGNED, &token, 7);
+    assert_eq!(a.status, 201, "self-signed partner: {a:?}");
+    assert_eq!(a.json()["client_id"], "partner-selfsigned");
+
+    // A PKI partner's (valid, bound) token is not for this host.
+    let pki_token = pki_partner.token("partner-client", "transactions");
+    let not_allowed = system.envoy_counter(false, &denied("client_not_allowed"));
+    let a = without_reaching_the_api(system, "PKI partner on the self-signed host", || {
+        pki_partner.create(API_SELFSIGNED, &pki_token, 8)
+    });
+    assert_denied(
+        &a,
+        401,
+        "invalid_token",
+        "a PKI partner's token on api-selfsigned.example.com",
+    );
+    assert_eq!(
+        system.envoy_counter(false, &denied("client_not_allowed")),
+        not_allowed + 1
+    );
+
+    // An unknown self-signed certificate: the TLS handshake passes (no chain is checked here), the
+    // identity server gives it no token, and the self-signed partner's token is bound to another key.
+    let intruder = Partner::from_dir("intruder", &self_signed_certificate(system), ports);
+    let a = intruder
+        .request_token("partner-selfsigned", "transactions")
+        .expect("token request");
+    assert_eq!(
+        (a.status, a.error().as_str()),
+        (401, "invalid_client"),
+        "intruder at the token endpoint: {a:?}"
+    );
+    let mismatches = system.envoy_counter(false, &denied("certificate_mismatch"));
+    let a = without_reaching_the_api(system, "unknown self-signed certificate", || {
+        intruder.create(API_SELFSIGNED, &token, 9)
+    });
+    assert_denied(
+        &a,
+        401,
+        "invalid_token",
+        "the self-signed partner's token with an unknown self-signed certificate",
+    );
+    assert_eq!(
+        system.envoy_counter(false, &denied("certificate_mismatch")),
+        mismatches + 1
+    );
+}
+
+/// A fresh self-signed client certificate nobody registered (intruder.pem/.key).
+fn self_signed_certificate(system: &System) -> std::path::PathBuf {
+    let dir = system.run_dir.join("intruder");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=intruder/O=Nobody",
+        ])
+        .args(["-keyout", "intruder.key", "-out", "intruder.pem"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-addext", "keyUsage=critical,digitalSignature"])
+        .args(["-addext", "extendedKeyUsage=clientAuth"])
+        .args(["-addext", "subjectAltName=DNS:intruder.example.net"])
+        .current_dir(&dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+/// envoy/envoy-compose.yaml is envoy/envoy.yaml with the containers' addresses, nothing else.
+#[test]
+fn compose_envoy_config_follows_envoy_yaml() {
+    let read = |p: &str| std::fs::read_to_string(repo().join(p)).unwrap();
+    let body = |s: &str| s[s.find("\nadmin:\n").expect("an admin: section")..].to_string();
+    let mut expected = body(&read("envoy/envoy.yaml"));
+    for (from, to) in [
+        (
+            "address: 127.0.0.1, port_value: 9901",
+            "address: 0.0.0.0, port_value: 9901",
+        ),
+        (
+            "address: 127.0.0.1, port_value: 8443",
+            "address: 0.0.0.0, port_value: 8443",
+        ),
+        (
+            "address: 127.0.0.1, port_value: 8080",
+            "address: api, port_value: 8080",
+        ),
+        (
+            "address: 127.0.0.1, port_value: 8444",
+            "address: idsvr, port_value: 8444",
+        ),
+        (
+            "      type: STATIC\n",
+            "      type: STRICT_DNS\n      dns_lookup_family: V4_ONLY\n",
+        ),
+    ] {
+        assert!(
+            expected.contains(from),
+            "envoy/envoy.yaml no longer has {from:?}"
+        );
+        expected = expected.replace(from, to);
+    }
+    let actual = body(&read("envoy/envoy-compose.yaml"));
+    if actual != expected {
+        let line = actual
+            .lines()
+            .zip(expected.lines())
+            .position(|(a, e)| a != e);
+        panic!(
+            "envoy/envoy-compose.yaml differs from envoy/envoy.yaml beyond the container addresses \
+             (first difference at line {line:?} after `admin:`); apply the change to both"
+        );
+    }
+}
