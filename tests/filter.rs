@@ -380,6 +380,51 @@ fn positive_cache_entry_expires_after_max_ttl() {
     assert_eq!(f.counter("certbound.cache_misses"), 2);
 }
 
+#[test]
+fn concurrent_first_requests_share_one_introspection_per_worker() {
+    const WORKERS: u32 = 2;
+    const REQUESTS: usize = 100;
+    let f = Fixture::with_opts(
+        Format::Jwt,
+        |c| c["introspection"]["timeout_ms"] = json!(10_000),
+        |o| o.concurrency = WORKERS,
+    );
+    let token = opaque_token("burst");
+    let claims = bound_claims(&thumbprint(CLIENT), SCOPES);
+    // Slow enough that the burst arrives while the first call of each worker is out.
+    f.idp
+        .register(&token, Behaviour::Slow(Duration::from_millis(1500), claims));
+
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..REQUESTS)
+            .map(|_| s.spawn(|| f.get(CLIENT, "/api/transactions", Some(&token)).status))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(f.upstream.count(), REQUESTS);
+    let calls = f.idp.calls();
+    assert!(
+        (1..=WORKERS as usize).contains(&calls),
+        "{calls} introspection calls"
+    );
+    let stats = f.envoy.stats();
+    assert_eq!(
+        counter(&stats, "certbound.requests_allowed"),
+        REQUESTS as u64
+    );
+    assert_eq!(
+        counter(&stats, "certbound.introspection_calls"),
+        calls as u64
+    );
+    // Requests that missed but made no call waited for another request's answer.
+    assert!(
+        counter(&stats, "certbound.cache_misses") > calls as u64,
+        "{stats:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. Certificate binding.
 

@@ -25,6 +25,8 @@ pub struct EnvoyOpts {
     pub require_client_certificate: bool,
     /// Load the module with `vm_config.code.remote` instead of `local: wasm` (tests/distribution.rs).
     pub remote: Option<RemoteModule>,
+    /// Envoy's worker threads, each with its own wasm VM.
+    pub concurrency: u32,
 }
 
 /// Where Envoy downloads the module: `http://127.0.0.1:<port>/certbound.wasm` through a cluster
@@ -44,6 +46,7 @@ impl EnvoyOpts {
             wasm: wasm_path(),
             require_client_certificate: true,
             remote: None,
+            concurrency: 1,
         }
     }
 
@@ -124,7 +127,8 @@ impl Envoy {
         let child = Command::new(envoy_bin())
             .arg("-c")
             .arg(&config_path)
-            .args(["--concurrency", "1", "--log-level", "warn"])
+            .args(["--concurrency", &opts.concurrency.to_string()])
+            .args(["--log-level", "warn"])
             .args(["--component-log-level", "wasm:debug"])
             .arg("--disable-hot-restart")
             .args(["--base-id", &admin_port.to_string()])

@@ -54,6 +54,8 @@ pub enum Behaviour {
     Inactive,
     /// Sleep, then answer as `Inactive`.
     Hang(Duration),
+    /// Sleep, then answer as `Active` with these claims.
+    Slow(Duration, Value),
     Status500,
     /// 200 with a body that is neither JSON nor a JWT.
     Garbage,
@@ -256,6 +258,10 @@ fn handle(format: Format, state: &State, req: &Request) -> Reply {
         Behaviour::Hang(d) => {
             thread::sleep(d);
             inactive(format)
+        }
+        Behaviour::Slow(d, claims) => {
+            thread::sleep(d);
+            active(format, signing_key(), &claims)
         }
         Behaviour::Status500 => Reply::new(500, "application/json", r#"{"error":"server_error"}"#),
         Behaviour::Garbage => Reply::new(
