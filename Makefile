@@ -12,6 +12,13 @@ WASM_TARGET   := wasm32-wasip1
 WASM          := target/$(WASM_TARGET)/release/certbound.wasm
 CERTS_DIR     := $(CURDIR)/certs/out
 ENVOY_CONFIGS := $(sort $(wildcard envoy/*.yaml))
+API_PKG       := certbound-example-api
+API_RELEASE   := $(CURDIR)/target/release/$(API_PKG)
+API_DEBUG     := $(CURDIR)/target/debug/$(API_PKG)
+# npm ci writes node_modules/.package-lock.json: newer than package-lock.json means up to date.
+IDSVR_DEPS    := example/idsvr/node_modules/.package-lock.json
+# How example/system.sh finds the pieces (make demo/up run the release build of the API).
+SYSTEM_ENV    := ENVOY_BIN=$(ENVOY) API_BIN=$(API_RELEASE) CERTS_DIR=$(CERTS_DIR)
 
 # $(call require,TOOL,HOW TO GET IT): stop with a clear message if TOOL is not on PATH.
 define require
@@ -20,12 +27,16 @@ endef
 RUST_HINT    := Install Rust with rustup: https://rustup.rs
 PYTHON_HINT  := Install Python 3 with venv support (Debian: apt-get install python3 python3-venv).
 OPENSSL_HINT := Install the openssl CLI (Debian: apt-get install openssl).
+NODE_HINT    := Install Node.js 20 or later with npm (Debian: apt-get install nodejs npm).
+CURL_HINT    := Install curl (Debian: apt-get install curl).
+COMPOSE_HINT := Install docker-compose (Debian: apt-get install docker-compose).
 
-.PHONY: help setup setup-rust-target setup-rust-components certs build validate test lint clean
+.PHONY: help setup setup-rust-target setup-rust-components setup-compose certs build api idsvr-deps \
+        validate compose-check test lint clean demo up down logs ports-free
 
 help: ## list the targets
 	@echo "certbound targets:"
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-14s %s\n", $$1, $$2}'
 
 setup: setup-rust-target setup-rust-components $(ENVOY) ## install the wasm32-wasip1 target, clippy, rustfmt, and Envoy into .venv (idempotent)
 	@echo "setup: done"
@@ -69,6 +80,20 @@ build: setup-rust-target ## build the filter (target/wasm32-wasip1/release/certb
 # Envoy resolves the relative paths in these configs against its working directory: the repo root.
 # Validate mode reads the certificate files and loads the wasm module (on_vm_start and
 # on_configure run), so a configuration the filter rejects fails here.
+# envoy/envoy-remote.yaml is the exception: validate mode does not download a `remote` module, so
+# only its shape is checked here (tests/distribution.rs runs the remote download with Envoy).
+api: ## build the example API (release, target/release/certbound-example-api)
+	@$(call require,cargo,$(RUST_HINT))
+	cargo build --release -p $(API_PKG)
+
+idsvr-deps: $(IDSVR_DEPS) ## install the identity server's npm packages (npm ci, versions from the lockfile)
+
+$(IDSVR_DEPS): example/idsvr/package-lock.json
+	@$(call require,node,$(NODE_HINT))
+	@$(call require,npm,$(NODE_HINT))
+	cd example/idsvr && npm ci --no-audit --no-fund
+	@touch $@
+
 validate: build certs | $(ENVOY) ## check every envoy/*.yaml with envoy --mode validate
 	@if [[ -z "$(ENVOY_CONFIGS)" ]]; then echo "validate: no envoy/*.yaml found" >&2; exit 1; fi
 	@log="$$(mktemp)"; trap 'rm -f "$$log"' EXIT; \
@@ -82,19 +107,100 @@ validate: build certs | $(ENVOY) ## check every envoy/*.yaml with envoy --mode v
 	  fi; \
 	done
 
-test: setup certs build validate ## unit and integration tests (real Envoy, the built wasm, the example certs)
-	ENVOY_BIN=$(ENVOY) CERTBOUND_WASM=$(CURDIR)/$(WASM) CERTS_DIR=$(CERTS_DIR) \
-	  cargo test --all-targets
+# Debian's docker-compose (1.29) checks the file without a Docker engine; installed only for this check.
+setup-compose:
+	@if command -v docker-compose >/dev/null 2>&1; then \
+	  echo "setup: docker-compose present"; \
+	elif command -v apt-get >/dev/null 2>&1 && [[ "$$(id -u)" == 0 ]]; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends docker-compose >/dev/null \
+	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; }; \
+	else \
+	  echo "error: 'docker-compose' not found on PATH. $(COMPOSE_HINT)" >&2; exit 127; \
+	fi
+
+compose-check: setup-compose ## validate docker-compose.yml with docker-compose config (no engine needed)
+	docker-compose -f docker-compose.yml config --quiet
+	@echo "compose-check: docker-compose.yml OK"
+
+# The end-to-end tests (tests/e2e.rs) run the identity server with node, the API (debug build) and
+# Envoy through example/system.sh, on free ports.
+test: setup certs build validate idsvr-deps compose-check setup-dist check-wasmplugin ## unit, integration and end-to-end tests (real Envoy, the built wasm, the example certs, identity server and API)
+	@$(call require,curl,$(CURL_HINT))
+	cargo build -p $(API_PKG)
+	ENVOY_BIN=$(ENVOY) CERTBOUND_WASM=$(CURDIR)/$(WASM) CERTS_DIR=$(CERTS_DIR) API_BIN=$(API_DEBUG) \
+	  cargo test --workspace --all-targets
 
 lint: setup ## rustfmt check and clippy (native and wasm), warnings are errors
 	@$(call require,cargo,$(RUST_HINT))
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --release --target $(WASM_TARGET) --lib -- -D warnings
 
 clean: ## remove build output and generated certificates
 	@$(call require,cargo,$(RUST_HINT))
+	-example/system.sh down
 	cargo clean
-	rm -rf certs/out
+	rm -rf certs/out .run dist
 
-# Reserved for later: demo, up, down, logs, bench, release.
+# The example system on this machine: identity server :8444, API :8080, Envoy :8443 (admin :9901).
+# example/system.sh does the process management (also for the end-to-end tests).
+ports-free:
+	@example/system.sh check-ports
+
+demo: ports-free setup certs build api idsvr-deps ## run the whole example system and the partner client (example/client.sh), then stop it
+	@$(call require,curl,$(CURL_HINT))
+	$(SYSTEM_ENV) example/system.sh demo
+
+up: setup certs build api idsvr-deps ## start the example system in the background (logs and pids in .run/)
+	@$(call require,curl,$(CURL_HINT))
+	$(SYSTEM_ENV) example/system.sh up
+
+down: ## stop the example system
+	example/system.sh down
+
+logs: ## follow the example system's logs (.run/*.log)
+	example/system.sh logs -f
+
+# Reserved for later: bench.
+
+# ---- Distribution: the OCI image, the release, the Istio WasmPlugin (wasm/, tests/distribution.rs) ----
+OCI_DIR        := target/oci
+DIST_DIR       := dist
+REGISTRY       ?= registry.example.com
+# Istio's WasmPlugin CRD, copied into the repository so that the schema check needs no cluster.
+ISTIO_CRD      := wasm/istio/wasmplugin-crd.yaml
+PY_CHECK_DEPS  := jsonschema==4.26.0 PyYAML==6.0.3
+PY_CHECK_STAMP := .venv/.check-deps-jsonschema-4.26.0-pyyaml-6.0.3
+DIST_HINT      := Install them (Debian: apt-get install skopeo docker-registry).
+
+.PHONY: setup-dist check-wasmplugin oci release
+
+# skopeo (an OCI client) and docker-registry (a real registry) for the registry round trip of
+# tests/distribution.rs; installed only when missing.
+setup-dist:
+	@missing=""; \
+	for t in skopeo docker-registry; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [[ -z "$$missing" ]]; then \
+	  echo "setup: skopeo and docker-registry present"; \
+	elif command -v apt-get >/dev/null 2>&1 && [[ "$$(id -u)" == 0 ]]; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
+	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; }; \
+	else \
+	  echo "error:$$missing not found on PATH. $(DIST_HINT)" >&2; exit 127; \
+	fi
+
+$(PY_CHECK_STAMP): | $(ENVOY)
+	.venv/bin/pip install --disable-pip-version-check --quiet $(PY_CHECK_DEPS)
+	@touch $@
+
+check-wasmplugin: $(PY_CHECK_STAMP) ## check wasm/wasmplugin.yaml against Istio's WasmPlugin CRD schema
+	.venv/bin/python wasm/check_wasmplugin.py $(ISTIO_CRD) wasm/wasmplugin.yaml
+
+oci: build ## the filter's OCI image layout (compat variant, for Istio) in target/oci; prints its digest
+	wasm/build-oci.sh $(WASM) $(OCI_DIR)
+
+release: build $(PY_CHECK_STAMP) ## dist/: the wasm, its OCI image layout, pinned wasmplugin.yaml and envoy-remote.yaml, SHA256SUMS (REGISTRY=host/path)
+	REGISTRY=$(REGISTRY) wasm/release.sh $(WASM) $(DIST_DIR)
+	.venv/bin/python wasm/check_wasmplugin.py $(ISTIO_CRD) $(DIST_DIR)/wasmplugin.yaml
