@@ -147,7 +147,12 @@ pub fn decide<'a>(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::type_complexity
+    )]
     use super::*;
 
     fn policy(scopes: &[&str], binding: bool, clients: &[&str]) -> Policy {

@@ -236,7 +236,12 @@ pub fn entry_from_members(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::type_complexity
+    )]
     use super::*;
     use serde_json::json;
 
