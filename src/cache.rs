@@ -47,8 +47,8 @@ pub struct ActiveToken {
     pub scope: String,
     pub client_id: Option<String>,
     pub jti: Option<String>,
-    /// What the upstream receives as `Authorization: Bearer ...`; `None` keeps the client's token.
-    pub forward_jwt: Option<String>,
+    /// The upstream's `Authorization` (`Bearer <JWT>`), ready to set; `None` keeps the client's.
+    pub forward_authorization: Option<String>,
     /// (lower-case header name, value) set on the upstream request.
     pub headers: Vec<(String, String)>,
 }
@@ -217,7 +217,7 @@ pub fn encode(e: &Entry) -> Vec<u8> {
             put_str(&mut out, &t.scope);
             put_opt(&mut out, t.client_id.as_deref());
             put_opt(&mut out, t.jti.as_deref());
-            put_opt(&mut out, t.forward_jwt.as_deref());
+            put_opt(&mut out, t.forward_authorization.as_deref());
             out.extend_from_slice(&(t.headers.len() as u32).to_le_bytes());
             for (name, value) in &t.headers {
                 put_str(&mut out, name);
@@ -277,7 +277,7 @@ pub fn decode(bytes: &[u8]) -> Option<Entry> {
             let scope = r.string()?;
             let client_id = r.opt()?;
             let jti = r.opt()?;
-            let forward_jwt = r.opt()?;
+            let forward_authorization = r.opt()?;
             let count = u32::from_le_bytes(r.array()?) as usize;
             let mut headers = Vec::with_capacity(count.min(16));
             for _ in 0..count {
@@ -288,7 +288,7 @@ pub fn decode(bytes: &[u8]) -> Option<Entry> {
                 scope,
                 client_id,
                 jti,
-                forward_jwt,
+                forward_authorization,
                 headers,
             })
         }
@@ -346,7 +346,7 @@ mod tests {
                 scope: "transactions read".into(),
                 client_id: Some("partner-client".into()),
                 jti: Some("j-1".into()),
-                forward_jwt: Some("eyJ.eyJ.sig".into()),
+                forward_authorization: Some("Bearer eyJ.eyJ.sig".into()),
                 headers: vec![("x-certbound-client-id".into(), "partner-client".into())],
             }),
         }

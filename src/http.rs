@@ -93,8 +93,8 @@ fn decide_and_apply(
             deny(sh, reason, thumbprint, route, jti)
         }
         Ok(token) => {
-            if let Some(jwt) = &token.forward_jwt {
-                host::set_request_header("authorization", Some(&format!("Bearer {jwt}")));
+            if let Some(value) = &token.forward_authorization {
+                host::set_request_header("authorization", Some(value));
             }
             // Setting replaces the client's copy; a claim the token lacks removes it.
             for (_, name) in &cfg.claim_headers {
@@ -412,7 +412,7 @@ impl Http {
             Ok(claims) => {
                 match introspection::members_of_verified_jwt(cfg.introspection.format, claims) {
                     Ok(Answer::Members(m)) => {
-                        introspection::entry_from_members(&m, key, now, Some(jwt), max_age, cfg)
+                        introspection::entry_from_members(&m, key, now, Some(&jwt), max_age, cfg)
                     }
                     Ok(_) => Ok(introspection::inactive_entry(key, now, cfg)),
                     Err(f) => Err(f),

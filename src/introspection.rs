@@ -174,7 +174,7 @@ pub fn entry_from_members(
     members: &Map<String, Value>,
     key: TokenKey,
     now: u64,
-    forward_jwt: Option<String>,
+    forward_jwt: Option<&str>,
     max_age: Option<u64>,
     cfg: &Config,
 ) -> Result<Entry, Failure> {
@@ -228,7 +228,7 @@ pub fn entry_from_members(
             scope: text("scope").unwrap_or_default(),
             client_id: text("client_id"),
             jti: text("jti"),
-            forward_jwt,
+            forward_authorization: forward_jwt.map(|jwt| format!("Bearer {jwt}")),
             headers,
         }),
     })
@@ -491,7 +491,7 @@ mod tests {
         assert_eq!(t.scope, "transactions read");
         assert_eq!(t.client_id.as_deref(), Some("partner-client"));
         assert_eq!(t.jti.as_deref(), Some("j"));
-        assert_eq!(t.forward_jwt.as_deref(), Some("jwt"));
+        assert_eq!(t.forward_authorization.as_deref(), Some("Bearer jwt"));
         assert_eq!(
             t.headers,
             vec![
