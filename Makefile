@@ -129,7 +129,7 @@ test: setup certs build validate idsvr-deps compose-check setup-dist check-wasmp
 	@$(call require,curl,$(CURL_HINT))
 	cargo build -p $(API_PKG)
 	ENVOY_BIN=$(ENVOY) CERTBOUND_WASM=$(CURDIR)/$(WASM) CERTS_DIR=$(CERTS_DIR) API_BIN=$(API_DEBUG) \
-	  cargo test --workspace --all-targets
+	  cargo test --workspace --all-targets --no-fail-fast
 
 lint: setup ## rustfmt check and clippy (native and wasm), warnings are errors
 	@$(call require,cargo,$(RUST_HINT))

@@ -144,14 +144,13 @@ pub fn members_of_verified_jwt(
     }
 }
 
-/// `max-age` of a `Cache-Control` header; `no-store` and `no-cache` mean zero.
+/// `max-age` of a `Cache-Control` header. Only `max-age` bounds the entry: `no-store`, which
+/// identity servers send on every OAuth answer (oidc-provider does), is about HTTP caches and
+/// would otherwise turn the filter's cache off.
 pub fn max_age(cache_control: Option<&str>) -> Option<u64> {
     let mut age = None;
     for directive in cache_control?.split(',') {
         let d = directive.trim().to_ascii_lowercase();
-        if d == "no-store" || d == "no-cache" {
-            return Some(0);
-        }
         if let Some(v) = d.strip_prefix("max-age=") {
             age = v.trim_matches('"').parse().ok();
         }
@@ -457,8 +456,9 @@ mod tests {
             (None, None),
             (Some("max-age=30"), Some(30)),
             (Some("public, Max-Age=12"), Some(12)),
-            (Some("no-store"), Some(0)),
-            (Some("max-age=30, no-cache"), Some(0)),
+            (Some("no-store"), None),
+            (Some("no-store, max-age=0"), Some(0)),
+            (Some("max-age=30, no-cache"), Some(30)),
             (Some("max-age=x"), None),
             (Some("private"), None),
         ];

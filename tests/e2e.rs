@@ -104,6 +104,21 @@ fn example_system_end_to_end() {
         flow(&system, &partner, &other_partner, host, formats, forwarded);
     }
 
+    // The API itself believes no header but a token it can verify (here: reached directly).
+    let direct = format!("http://127.0.0.1:{}/api/transactions", ports.api);
+    let a = system::plain_client()
+        .post(direct)
+        .header("x-certbound-client-id", "partner-client")
+        .header("x-forwarded-client-cert", "Hash=0000")
+        .body("{\"amount\": 1}")
+        .send()
+        .expect("direct request to the API");
+    assert_eq!(
+        a.status().as_u16(),
+        401,
+        "the API accepted a request without a token"
+    );
+
     // 3. No client certificate: the TLS handshake is refused.
     let token = partner.token("partner-client", "transactions");
     let no_cert = system.envoy_counter(false, "ssl.fail_verify_no_cert");
@@ -181,7 +196,7 @@ fn example_system_end_to_end() {
     );
 
     // Back, with short-lived tokens for step 8. Its tokens lived in memory: the old one is gone.
-    const TTL: u64 = 3;
+    const TTL: u64 = 5;
     system.start("idsvr", &[("IDSVR_ACCESS_TOKEN_TTL", &TTL.to_string())]);
     let a = without_reaching_the_api(&system, "token from before the restart", || {
         partner.create(API, &unused, 4)
@@ -266,7 +281,9 @@ fn flow(
     assert_eq!(
         system.envoy_counter(formats, "certbound.introspection_calls"),
         calls,
-        "{host}: cache miss"
+        "{host}: the filter introspected the same token again instead of using its cache \
+         (cache_misses, cache_hits: {:?})",
+        system.envoy_stats(formats, "certbound.cache_")
     );
 
     // The stolen token with another partner's certificate.

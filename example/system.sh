@@ -1,0 +1,321 @@
+#!/usr/bin/env bash
+# Runs the example system on this machine: the identity server (Node), the example API (Rust) and
+# Envoy with certbound, each in the background with its log and pid under the run directory.
+# One script for `make demo|up|down|logs` and for the end-to-end tests (tests/e2e.rs).
+#
+# Usage: example/system.sh up | down | demo | status | logs [-f] | check-ports
+#        example/system.sh start | stop | wait SERVICE      SERVICE: idsvr api envoy envoy-formats
+#
+#   up       check tools and ports, start idsvr, api, envoy in that order, each waited for
+#   down     stop every service started from the run directory
+#   demo     up, run example/client.sh, down (also on failure); exit 0 only if all succeeded
+#   logs     the last lines of every log (-f: follow them)
+#
+# Environment [default]:
+#   CERTBOUND_RUN_DIR [.run]   logs, pids and the Envoy configurations as run (ports mapped)
+#   FRONT_PORT [8443]  IDSVR_PORT [8444]  API_PORT [8080]  ADMIN_PORT [9901]
+#   FORMATS_PORT [8445]  FORMATS_ADMIN_PORT [9902]   (envoy-formats, used by the tests)
+#   ENVOY_BIN [.venv/bin/envoy]  API_BIN [target/release/certbound-example-api]  NODE [node]
+#   CERTS_DIR [certs/out]  READY_TIMEOUT [90] seconds per service
+#   CERTBOUND_PARENT_PID       if set, everything is stopped when that process exits (tests)
+#   IDSVR_ACCESS_TOKEN_TTL, IDSVR_STATE_DIR, INTROSPECT_CLIENT_SECRET   passed to the identity server
+#   API_ADMIN_PORT             passed to the API (GET /stats on that port)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+abs() { case "$1" in /*) echo "$1" ;; *) echo "$ROOT/$1" ;; esac; }
+
+RUN_DIR="$(abs "${CERTBOUND_RUN_DIR:-.run}")"
+FRONT_PORT="${FRONT_PORT:-8443}"
+IDSVR_PORT="${IDSVR_PORT:-8444}"
+API_PORT="${API_PORT:-8080}"
+ADMIN_PORT="${ADMIN_PORT:-9901}"
+FORMATS_PORT="${FORMATS_PORT:-8445}"
+FORMATS_ADMIN_PORT="${FORMATS_ADMIN_PORT:-9902}"
+ENVOY_BIN="$(abs "${ENVOY_BIN:-.venv/bin/envoy}")"
+API_BIN="$(abs "${API_BIN:-target/release/certbound-example-api}")"
+NODE="${NODE:-node}"
+CERTS_DIR="$(abs "${CERTS_DIR:-certs/out}")"
+READY_TIMEOUT="${READY_TIMEOUT:-90}"
+SERVICES=(idsvr api envoy envoy-formats)
+
+say() { echo "system: $*"; }
+die() { echo "system: error: $*" >&2; exit 1; }
+
+usage() {
+  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2
+  exit 2
+}
+
+pid_file() { echo "$RUN_DIR/$1.pid"; }
+log_file() { echo "$RUN_DIR/$1.log"; }
+
+# A process's start time (clock ticks since boot): with the pid, it names one process for good.
+start_time() { sed -E 's/^.*\) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20; }
+
+# Whether a process still runs (a zombie waiting for its reaper does not).
+alive() { [[ -r "/proc/$1/stat" ]] && [[ "$(sed -E 's/^.*\) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" != Z ]]; }
+
+# The pid of a service we started and that still runs. The pid file holds the pid and the process's
+# start time, so a pid reused by another process is never taken for ours.
+running_pid() {
+  local f pid started
+  f="$(pid_file "$1")"
+  [[ -s "$f" ]] || return 1
+  read -r pid started <"$f" || return 1
+  [[ "$pid" =~ ^[0-9]+$ && -n "$started" ]] || return 1
+  [[ "$(start_time "$pid")" == "$started" ]] && alive "$pid" || return 1
+  echo "$pid"
+}
+
+service_port() {
+  case "$1" in
+    idsvr) echo "$IDSVR_PORT" ;;
+    api) echo "$API_PORT" ;;
+    envoy) echo "$FRONT_PORT $ADMIN_PORT" ;;
+    envoy-formats) echo "$FORMATS_PORT $FORMATS_ADMIN_PORT" ;;
+  esac
+}
+
+known_service() {
+  local s
+  for s in "${SERVICES[@]}"; do [[ "$s" == "$1" ]] && return 0; done
+  die "unknown service '$1' (one of: ${SERVICES[*]})"
+}
+
+port_in_use() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+
+check_ports() { # services...
+  local s p busy=()
+  for s in "$@"; do
+    running_pid "$s" >/dev/null && continue
+    for p in $(service_port "$s"); do
+      port_in_use "$p" && busy+=("127.0.0.1:$p ($s)")
+    done
+  done
+  if ((${#busy[@]})); then
+    echo "system: error: already in use: ${busy[*]}" >&2
+    echo "system: stop what listens there (a running 'make up'? then 'make down'), or choose other ports" \
+      "(FRONT_PORT, IDSVR_PORT, API_PORT, ADMIN_PORT)" >&2
+    exit 1
+  fi
+}
+
+require_tools() { # services...
+  local s
+  command -v curl >/dev/null || die "curl not found on PATH (Debian: apt-get install curl)"
+  for s in "$@"; do
+    case "$s" in
+      idsvr)
+        command -v "$NODE" >/dev/null || die "node not found on PATH: install Node.js 20 or later (Debian: apt-get install nodejs npm)"
+        [[ -d example/idsvr/node_modules/oidc-provider ]] ||
+          die "example/idsvr/node_modules is missing: run 'npm ci' in example/idsvr (make demo does it)"
+        ;;
+      api) [[ -x "$API_BIN" ]] || die "the API binary $API_BIN is missing: run 'cargo build --release -p certbound-example-api' (make demo does it)" ;;
+      envoy | envoy-formats)
+        [[ -x "$ENVOY_BIN" ]] || die "Envoy not found at $ENVOY_BIN: run 'make setup'"
+        [[ -f target/wasm32-wasip1/release/certbound.wasm ]] || die "the filter is not built: run 'make build'"
+        ;;
+    esac
+  done
+  for f in root.pem trust.pem example.tls.pem example.tls.key; do
+    [[ -f "$CERTS_DIR/$f" ]] || die "$CERTS_DIR/$f is missing: run 'make certs'"
+  done
+}
+
+# Envoy's configuration with this run's ports (the files in envoy/ use the default ports).
+render_envoy() { # source destination
+  sed -E \
+    -e "s/port_value: 8443([^0-9]|$)/port_value: $FRONT_PORT\1/" \
+    -e "s/port_value: 8444([^0-9]|$)/port_value: $IDSVR_PORT\1/" \
+    -e "s/port_value: 8080([^0-9]|$)/port_value: $API_PORT\1/" \
+    -e "s/port_value: 9901([^0-9]|$)/port_value: $ADMIN_PORT\1/" \
+    -e "s/port_value: 8445([^0-9]|$)/port_value: $FORMATS_PORT\1/" \
+    -e "s/port_value: 9902([^0-9]|$)/port_value: $FORMATS_ADMIN_PORT\1/" \
+    "$1" >"$2"
+}
+
+launch() { # service
+  local s="$1" log
+  log="$(log_file "$s")"
+  : >"$log"
+  case "$s" in
+    idsvr)
+      (
+        cd example/idsvr
+        CERTS_DIR="$CERTS_DIR" IDSVR_PORT="$IDSVR_PORT" IDSVR_HOST=127.0.0.1 exec "$NODE" server.js
+      ) >>"$log" 2>&1 </dev/null &
+      ;;
+    api)
+      (
+        API_HOST=127.0.0.1 API_PORT="$API_PORT" API_CA_FILE="$CERTS_DIR/root.pem" \
+          API_JWKS_URL="https://127.0.0.1:$IDSVR_PORT/oauth/v2/oauth-anonymous/jwks" \
+          API_INTROSPECTION_URL="https://127.0.0.1:$IDSVR_PORT/oauth/v2/oauth-introspect" \
+          exec "$API_BIN"
+      ) >>"$log" 2>&1 </dev/null &
+      ;;
+    envoy | envoy-formats)
+      local src="envoy/envoy.yaml" admin="$ADMIN_PORT"
+      [[ "$s" == envoy-formats ]] && src="envoy/envoy-formats.yaml" admin="$FORMATS_ADMIN_PORT"
+      render_envoy "$src" "$RUN_DIR/$s.yaml"
+      (
+        exec "$ENVOY_BIN" -c "$RUN_DIR/$s.yaml" --disable-hot-restart --base-id "$admin" \
+          --log-level warn --component-log-level wasm:info
+      ) >>"$log" 2>&1 </dev/null &
+      ;;
+  esac
+  echo "$! $(start_time $!)" >"$(pid_file "$s")"
+}
+
+is_ready() { # service
+  case "$1" in
+    idsvr)
+      curl -fsS -o /dev/null --max-time 2 --cacert "$CERTS_DIR/root.pem" \
+        "https://127.0.0.1:$IDSVR_PORT/oauth/v2/oauth-anonymous/jwks" 2>/dev/null
+      ;;
+    api)
+      # Any HTTP answer will do (it is 401 without a token).
+      [[ "$(curl -sS -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$API_PORT/api/transactions" 2>/dev/null)" != 000 ]]
+      ;;
+    envoy) [[ "$(curl -sS --max-time 2 "http://127.0.0.1:$ADMIN_PORT/ready" 2>/dev/null)" == LIVE ]] ;;
+    envoy-formats) [[ "$(curl -sS --max-time 2 "http://127.0.0.1:$FORMATS_ADMIN_PORT/ready" 2>/dev/null)" == LIVE ]] ;;
+  esac
+}
+
+wait_ready() { # service
+  local s="$1" deadline=$((SECONDS + READY_TIMEOUT))
+  while ! is_ready "$s"; do
+    if ! running_pid "$s" >/dev/null; then
+      echo "system: error: $s exited while starting; the end of $(log_file "$s"):" >&2
+      tail -n 30 "$(log_file "$s")" >&2 || true
+      return 1
+    fi
+    if ((SECONDS >= deadline)); then
+      echo "system: error: $s not ready after ${READY_TIMEOUT}s; the end of $(log_file "$s"):" >&2
+      tail -n 30 "$(log_file "$s")" >&2 || true
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+# Stops everything when the given process exits (the tests pass their own pid).
+watch_parent() {
+  [[ -n "${CERTBOUND_PARENT_PID:-}" ]] || return 0
+  running_pid watchdog >/dev/null && return 0
+  (
+    trap '' HUP INT
+    while kill -0 "$CERTBOUND_PARENT_PID" 2>/dev/null; do sleep 1; done
+    "$ROOT/example/system.sh" down >/dev/null 2>&1
+  ) </dev/null >/dev/null 2>&1 &
+  echo "$! $(start_time $!)" >"$(pid_file watchdog)"
+}
+
+start() { # service
+  local s="$1" pid
+  known_service "$s"
+  mkdir -p "$RUN_DIR"
+  if pid="$(running_pid "$s")"; then
+    say "$s already running (pid $pid)"
+    return 0
+  fi
+  require_tools "$s"
+  check_ports "$s"
+  watch_parent
+  launch "$s"
+  wait_ready "$s" || { stop "$s" >/dev/null; return 1; }
+  say "$s ready (pid $(running_pid "$s"), log $(log_file "$s"))"
+}
+
+stop() { # service
+  local s="$1" pid i
+  known_service "$s"
+  if pid="$(running_pid "$s")"; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+      alive "$pid" || break
+      sleep 0.05
+    done
+    alive "$pid" && kill -KILL "$pid" 2>/dev/null
+    say "$s stopped"
+  fi
+  rm -f "$(pid_file "$s")"
+}
+
+up() {
+  mkdir -p "$RUN_DIR"
+  require_tools idsvr api envoy
+  check_ports idsvr api envoy
+  local s
+  for s in idsvr api envoy; do
+    start "$s" || { down; die "the system did not start (see above)"; }
+  done
+  say "up: https://login.example.com:$FRONT_PORT and https://api.example.com:$FRONT_PORT on 127.0.0.1;" \
+    "Envoy admin http://127.0.0.1:$ADMIN_PORT; logs in $RUN_DIR"
+}
+
+down() {
+  local i
+  for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do stop "${SERVICES[i]}"; done
+  local w
+  if w="$(running_pid watchdog)"; then kill "$w" 2>/dev/null || true; fi
+  rm -f "$(pid_file watchdog)"
+}
+
+status() {
+  local s pid
+  for s in "${SERVICES[@]}"; do
+    if pid="$(running_pid "$s")"; then echo "$s: running (pid $pid)"; else echo "$s: stopped"; fi
+  done
+}
+
+logs() {
+  shopt -s nullglob
+  local files=("$RUN_DIR"/*.log)
+  ((${#files[@]})) || die "no logs in $RUN_DIR (start the system with 'make up')"
+  if [[ "${1:-}" == -f ]]; then exec tail -n 40 -F "${files[@]}"; fi
+  tail -n 40 "${files[@]}"
+}
+
+# demo starts and stops its own system: it must not take over (and then stop) one left by `up`.
+nothing_running() {
+  local s pid
+  for s in "${SERVICES[@]}"; do
+    if pid="$(running_pid "$s")"; then
+      die "$s is already running (pid $pid, from $RUN_DIR): stop the system first ('make down')"
+    fi
+  done
+}
+
+demo() {
+  nothing_running
+  check_ports idsvr api envoy
+  trap 'down' EXIT
+  trap 'exit 130' INT TERM
+  up
+  echo
+  FRONT_PORT="$FRONT_PORT" CERTS_DIR="$CERTS_DIR" "$ROOT/example/client.sh"
+  echo
+  say "demo: every step succeeded"
+}
+
+cmd="${1:-}"
+case "$cmd" in
+  up) up ;;
+  down) down ;;
+  demo) demo ;;
+  status) status ;;
+  logs) logs "${2:-}" ;;
+  check-ports) nothing_running && check_ports idsvr api envoy ;;
+  start | stop | wait)
+    [[ $# -eq 2 ]] || usage
+    case "$cmd" in
+      start) start "$2" ;;
+      stop) stop "$2" ;;
+      wait) known_service "$2" && wait_ready "$2" ;;
+    esac
+    ;;
+  *) usage ;;
+esac
