@@ -478,7 +478,7 @@ mod tests {
             members.as_object().unwrap(),
             key,
             1000,
-            Some("jwt".into()),
+            Some("jwt"),
             None,
             &cfg,
         )
