@@ -162,7 +162,13 @@ down: ## stop the example system
 logs: ## follow the example system's logs (.run/*.log)
 	example/system.sh logs -f
 
-# Reserved for later: bench.
+# The benchmark (bench/run.sh, bench/bench.py): one Envoy per scenario on CPU 0, the load on CPU 1;
+# writes bench/results.md and bench/results.svg. Quick run: BENCH_SECONDS=2 BENCH_RUNS=1 make bench.
+.PHONY: bench
+bench: setup certs build ## benchmark: passthrough, empty wasm, certbound hit/miss, jwt_authn (writes bench/results.md, .svg)
+	@$(call require,taskset,Install util-linux (Debian: apt-get install util-linux).)
+	@$(call require,python3,$(PYTHON_HINT))
+	ENVOY_BIN=$(ENVOY) CERTBOUND_WASM=$(CURDIR)/$(WASM) CERTS_DIR=$(CERTS_DIR) bench/run.sh
 
 # ---- Distribution: the OCI image, the release, the Istio WasmPlugin (wasm/, tests/distribution.rs) ----
 OCI_DIR        := target/oci

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The benchmark (make bench): builds the empty wasm filter and the bench tools, then runs
+# bench/bench.py, which writes bench/results.md and bench/results.svg.
+# Expects Envoy (.venv), the certificates (certs/out) and the filter (make build): `make bench`
+# makes them first. Knobs: see bench/bench.py (BENCH_SECONDS=2 BENCH_RUNS=1 for a quick run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="$PWD/target/bench"
+echo "bench: building the empty proxy-wasm filter (bench/wasm-empty)"
+cargo build --quiet --release --target wasm32-wasip1 --manifest-path bench/wasm-empty/Cargo.toml
+echo "bench: building the load generator and identity-server stub (bench/tools)"
+cargo build --quiet --release --manifest-path bench/tools/Cargo.toml
+
+# oha is only the optional cross-check of the load generator (it cannot vary Authorization per
+# request, which the certbound scenarios need); installed into .bench-tools when asked for.
+if [[ "${BENCH_OHA:-0}" == 1 && ! -x .bench-tools/bin/oha ]]; then
+  echo "bench: installing oha into .bench-tools (crates.io)"
+  cargo install --quiet --locked --root .bench-tools oha
+fi
+unset CARGO_TARGET_DIR
+
+# The orchestrator runs on the load generator's CPU; it starts Envoy on the other one.
+exec taskset -c 1 python3 bench/bench.py
