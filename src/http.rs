@@ -161,6 +161,23 @@ fn token_cache(cfg: &Config) -> TokenCache<'_> {
     }
 }
 
+/// A fresh key set and when it was fetched: this worker's parsed copy, else the one in shared
+/// data (another worker may have fetched it). `None` when it must be fetched.
+fn key_set(sh: &Shared, now: u64) -> Option<(u64, Rc<KeySet>)> {
+    let max_age = sh.config.jwt.as_ref().map_or(0, |r| r.jwks.max_age_seconds);
+    let fresh = |(fetched_at, _): &(u64, Rc<KeySet>)| jwks::is_fresh(*fetched_at, now, max_age);
+    if let Some(local) = sh.keys.borrow().clone().filter(fresh) {
+        return Some(local);
+    }
+    let (fetched_at, keys) = jwks_store(&sh.config).load(&HostStore)?;
+    let stored = (fetched_at, Rc::new(keys));
+    if !fresh(&stored) {
+        return None;
+    }
+    *sh.keys.borrow_mut() = Some(stored.clone());
+    Some(stored)
+}
+
 fn jwks_store(cfg: &Config) -> JwksStore<'_> {
     JwksStore {
         namespace: &cfg.cache.namespace,
@@ -181,9 +198,13 @@ impl Http {
 
     fn on_request(&mut self, sh: &Shared) -> Action {
         let cfg = &sh.config;
+        // Every header read is a host call: read only what the routes look at.
         if !cfg.routes.is_empty() {
-            let method = host::request_header(":method").unwrap_or_default();
             let path = host::request_header(":path").unwrap_or_default();
+            let method = match cfg.routes.iter().any(|r| !r.methods.is_empty()) {
+                true => host::request_header(":method").unwrap_or_default(),
+                false => String::new(),
+            };
             self.route = cfg.route_for(&method, &path);
         }
         self.thumbprint = host::client_thumbprint();
@@ -299,12 +320,11 @@ impl Http {
                 }
             }
             Ok(Answer::Jwt(jwt)) => {
-                let max_age_s = cfg.jwt.as_ref().map_or(0, |r| r.jwks.max_age_seconds);
-                return match jwks_store(cfg).load(&HostStore) {
-                    Some((fetched_at, keys)) if jwks::is_fresh(fetched_at, now, max_age_s) => {
+                return match key_set(sh, now) {
+                    Some((fetched_at, keys)) => {
                         self.verify(sh, key, jwt, max_age, &keys, Some(fetched_at))
                     }
-                    _ => self.fetch_jwks(sh, key, jwt, max_age),
+                    None => self.fetch_jwks(sh, key, jwt, max_age),
                 };
             }
         };
@@ -367,6 +387,8 @@ impl Http {
             (Some(200), Some(body)) => match KeySet::parse(&body) {
                 Ok(keys) => {
                     jwks_store(&sh.config).save(&HostStore, now, &body);
+                    let keys = Rc::new(keys);
+                    *sh.keys.borrow_mut() = Some((now, keys.clone()));
                     return self.verify(sh, key, jwt, max_age, &keys, None);
                 }
                 Err(why) => Failure::Bad(why),

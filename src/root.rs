@@ -4,6 +4,7 @@ use crate::cache::{LocalCache, TokenKey};
 use crate::config::{self, Config};
 use crate::host::Metrics;
 use crate::http::{Http, Waiter};
+use crate::jwks::KeySet;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
@@ -22,6 +23,8 @@ pub struct Shared {
     /// Tokens being introspected right now, and the requests waiting for the answer: one call
     /// per token per worker, however many requests carry it at once.
     pub inflight: RefCell<HashMap<TokenKey, Vec<Waiter>>>,
+    /// This worker's parsed copy of the key set and when it was fetched.
+    pub keys: RefCell<Option<(u64, Rc<KeySet>)>>,
 }
 
 #[derive(Default)]
@@ -66,6 +69,7 @@ impl RootContext for Root {
             metrics,
             local,
             inflight: RefCell::default(),
+            keys: RefCell::default(),
         }));
         true
     }
