@@ -53,11 +53,9 @@ pub fn client_thumbprint() -> Option<Thumbprint> {
     Thumbprint::from_pem(std::str::from_utf8(&pem).ok()?)
 }
 
-/// One request header (`:path`, `authorization`, ...); repeated headers arrive joined by Envoy.
-pub fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
+/// All request headers, names in lower case, in order.
+pub fn request_headers() -> Vec<(String, String)> {
+    hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
 }
 
 /// Makes the following host calls act on another context (a request waiting on this one).

@@ -198,21 +198,24 @@ impl Http {
 
     fn on_request(&mut self, sh: &Shared) -> Action {
         let cfg = &sh.config;
-        // Every header read is a host call: read only what the routes look at.
+        // One host call for every header: each call crosses into the host and back.
+        let headers = host::request_headers();
+        let value = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
         if !cfg.routes.is_empty() {
-            let path = host::request_header(":path").unwrap_or_default();
-            let method = match cfg.routes.iter().any(|r| !r.methods.is_empty()) {
-                true => host::request_header(":method").unwrap_or_default(),
-                false => String::new(),
-            };
-            self.route = cfg.route_for(&method, &path);
+            self.route =
+                cfg.route_for(value(":method").unwrap_or(""), value(":path").unwrap_or(""));
         }
         self.thumbprint = host::client_thumbprint();
-
-        let authorization = host::request_header("authorization");
-        // Envoy joins repeated Authorization headers into one value with ',', which no
-        // b64token contains: several headers are refused as malformed.
-        let values: Vec<&str> = authorization.as_deref().into_iter().collect();
+        let values: Vec<&str> = headers
+            .iter()
+            .filter(|(k, _)| k == "authorization")
+            .map(|(_, v)| v.as_str())
+            .collect();
         let token = match token::bearer_token(&values, cfg.max_token_length) {
             Ok(t) => t,
             Err(TokenError::Missing) => {
