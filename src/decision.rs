@@ -134,12 +134,8 @@ pub fn decide<'a>(
     {
         return Err(DenyReason::ClientNotAllowed);
     }
-    let granted: Vec<&str> = token.scope.split(' ').collect();
-    if !policy
-        .required_scopes
-        .iter()
-        .all(|s| granted.contains(&s.as_str()))
-    {
+    let granted = |s: &String| token.scope.split(' ').any(|g| g == s);
+    if !policy.required_scopes.iter().all(granted) {
         return Err(DenyReason::InsufficientScope);
     }
     Ok(token)
