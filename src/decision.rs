@@ -3,6 +3,8 @@
 use crate::binding::Thumbprint;
 use crate::cache::{ActiveToken, TokenState};
 use crate::config::Policy;
+use crate::introspection::Failure;
+use crate::token::TokenError;
 
 /// Why a request is denied; each has its reply and its metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +105,24 @@ impl DenyReason {
             DenyReason::IntrospectionUnavailable(why)
             | DenyReason::IntrospectionBadResponse(why) => why,
             other => other.description(),
+        }
+    }
+}
+
+impl From<TokenError> for DenyReason {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::Missing => DenyReason::MissingToken,
+            TokenError::Malformed(why) => DenyReason::InvalidRequest(why),
+        }
+    }
+}
+
+impl From<Failure> for DenyReason {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Unavailable(why) => DenyReason::IntrospectionUnavailable(why),
+            Failure::Bad(why) => DenyReason::IntrospectionBadResponse(why),
         }
     }
 }
@@ -243,6 +263,17 @@ mod tests {
                 "{state:?} {cert:?} {policy:?}"
             );
         }
+    }
+
+    #[test]
+    fn token_errors_and_introspection_failures_map_to_their_replies() {
+        assert_eq!(DenyReason::from(TokenError::Missing).status(), 401);
+        assert_eq!(
+            DenyReason::from(TokenError::Malformed("x")),
+            DenyReason::InvalidRequest("x")
+        );
+        assert_eq!(DenyReason::from(Failure::Unavailable("x")).status(), 503);
+        assert_eq!(DenyReason::from(Failure::Bad("x")).status(), 502);
     }
 
     #[test]

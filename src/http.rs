@@ -10,7 +10,7 @@ use crate::jwks::{self, JwksStore, KeySet};
 use crate::jwt;
 use crate::response;
 use crate::root::Shared;
-use crate::token::{self, TokenError};
+use crate::token;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
@@ -119,20 +119,7 @@ fn apply(
 ) -> Action {
     match outcome {
         Outcome::Known(entry) => decide_and_apply(sh, &entry.state, thumbprint, route),
-        Outcome::Failed(Failure::Unavailable(why)) => deny(
-            sh,
-            DenyReason::IntrospectionUnavailable(why),
-            thumbprint,
-            route,
-            None,
-        ),
-        Outcome::Failed(Failure::Bad(why)) => deny(
-            sh,
-            DenyReason::IntrospectionBadResponse(why),
-            thumbprint,
-            route,
-            None,
-        ),
+        Outcome::Failed(failure) => deny(sh, (*failure).into(), thumbprint, route, None),
     }
 }
 
@@ -218,24 +205,7 @@ impl Http {
             .collect();
         let token = match token::bearer_token(&values, cfg.max_token_length) {
             Ok(t) => t,
-            Err(TokenError::Missing) => {
-                return deny(
-                    sh,
-                    DenyReason::MissingToken,
-                    self.thumbprint.as_ref(),
-                    self.route,
-                    None,
-                )
-            }
-            Err(TokenError::Malformed(why)) => {
-                return deny(
-                    sh,
-                    DenyReason::InvalidRequest(why),
-                    self.thumbprint.as_ref(),
-                    self.route,
-                    None,
-                )
-            }
+            Err(e) => return deny(sh, e.into(), self.thumbprint.as_ref(), self.route, None),
         };
         let key = TokenKey::new(&cfg.cache.namespace, &cfg.fingerprint, token);
         let now = host::now();
