@@ -13,7 +13,9 @@ Knobs (environment): BENCH_SECONDS (5), BENCH_WARMUP (1), BENCH_RUNS (5), BENCH_
 BENCH_RATE (auto: half the slowest scenario's saturation throughput, 2 significant digits),
 BENCH_TOKENS (300), BENCH_IDP_DELAY_MS (2), BENCH_SCENARIOS (comma list, default all),
 BENCH_OHA (1: also measure passthrough once with oha, as a cross-check of the generator),
-BENCH_OUT (directory for results.md/results.svg, default bench/), BENCH_COMMAND (shown in results.md).
+BENCH_OUT (directory for results.md/results.svg, default bench/), BENCH_COMMAND (shown in results.md),
+BENCH_CALLGRIND (1: after the timed phases, count Envoy's user-space instructions per request under
+valgrind's callgrind; 0 skips it), BENCH_CALLGRIND_REQUESTS (3000; certbound-miss sends a tenth).
 """
 
 import base64
@@ -60,6 +62,9 @@ RATE = os.environ.get("BENCH_RATE", "")
 TOKENS = int(os.environ.get("BENCH_TOKENS", "300"))
 IDP_DELAY_MS = float(os.environ.get("BENCH_IDP_DELAY_MS", "2"))
 USE_OHA = os.environ.get("BENCH_OHA", "0") == "1"
+CALLGRIND = os.environ.get("BENCH_CALLGRIND", "1") != "0"
+CG_REQUESTS = int(os.environ.get("BENCH_CALLGRIND_REQUESTS", "3000"))
+CG_CONNECTIONS = 4
 COMMAND = os.environ.get("BENCH_COMMAND", "make bench")
 
 ENVOY_CPU = "0"
@@ -332,16 +337,17 @@ def tail(path, n=40):
 
 
 class Envoy:
-    def __init__(self, scenario, stub_port, jwks):
+    def __init__(self, scenario, stub_port, jwks, tag="", wrap=(), ready_timeout=60):
+        """`wrap` runs Envoy under another program (valgrind); `tag` names its files apart."""
         self.scenario = scenario
         for attempt in range(3):
             self.port, self.admin = free_port(), free_port()
-            cfg = WORK / f"envoy-{scenario}.yaml"
+            cfg = WORK / f"envoy-{scenario}{tag}.yaml"
             cfg.write_text(json.dumps(bootstrap(scenario, self.port, self.admin, stub_port, jwks), indent=1))
-            self.log = WORK / f"envoy-{scenario}.log"
-            self.proc = spawn([ENVOY, "-c", cfg, "--concurrency", "1", "--disable-hot-restart",
+            self.log = WORK / f"envoy-{scenario}{tag}.log"
+            self.proc = spawn([*wrap, ENVOY, "-c", cfg, "--concurrency", "1", "--disable-hot-restart",
                                "--log-level", "warn"], self.log, ENVOY_CPU)
-            if self.wait_ready():
+            if self.wait_ready(ready_timeout):
                 return
             self.proc.kill()
             self.proc.wait()

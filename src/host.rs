@@ -8,6 +8,7 @@ use crate::decision::DenyReason;
 use crate::response::Reply;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
+use std::borrow::Cow;
 use std::time::{Duration, UNIX_EPOCH};
 
 /// Shared data of this VM id: one copy for all workers.
@@ -53,9 +54,77 @@ pub fn client_thumbprint() -> Option<Thumbprint> {
     Thumbprint::from_pem(std::str::from_utf8(&pem).ok()?)
 }
 
-/// All request headers, names in lower case, in order.
-pub fn request_headers() -> Vec<(String, String)> {
-    hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+/// The request headers as one buffer from the host, read in place: one host call, no copy per
+/// header, and no panic on a value that is not UTF-8 (the SDK's `get_map` panics on those, which
+/// kills the VM; HTTP/1 allows such bytes).
+pub fn request_headers() -> Headers {
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        fn proxy_get_header_map_pairs(map_type: u32, data: *mut *mut u8, size: *mut usize) -> u32;
+    }
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a buffer it allocated through this module's
+    // `proxy_on_memory_allocate` (a `Vec<u8>` of capacity `size`, forgotten), which this takes
+    // back exactly as the SDK's own `get_map` does.
+    let buffer = unsafe {
+        let status =
+            proxy_get_header_map_pairs(MapType::HttpRequestHeaders as u32, &mut data, &mut size);
+        if status != Status::Ok as u32 || data.is_null() {
+            Vec::new()
+        } else {
+            Vec::from_raw_parts(data, size, size)
+        }
+    };
+    Headers::from_serialized(buffer)
+}
+
+/// Header pairs in the host's serialization: a count, then (name length, value length) for each
+/// pair as little-endian u32, then each name and value followed by a NUL byte. Names are lower case.
+pub struct Headers(Vec<u8>);
+
+impl Headers {
+    pub fn from_serialized(buffer: Vec<u8>) -> Headers {
+        Headers(buffer)
+    }
+
+    /// Every pair, in order. A truncated buffer ends the pairs early.
+    pub fn pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let b = self.0.as_slice();
+        let u32_at = |i: usize| -> Option<usize> {
+            let bytes = b.get(i..i.checked_add(4)?)?;
+            Some(u32::from_le_bytes(bytes.try_into().ok()?) as usize)
+        };
+        let count = u32_at(0).unwrap_or(0);
+        let mut n = 0;
+        let mut p = count.saturating_mul(8).saturating_add(4);
+        std::iter::from_fn(move || {
+            if n >= count {
+                return None;
+            }
+            let name_len = u32_at(4 + 8 * n)?;
+            let value_len = u32_at(8 + 8 * n)?;
+            let name = b.get(p..p.checked_add(name_len)?)?;
+            p = p.checked_add(name_len + 1)?;
+            let value = b.get(p..p.checked_add(value_len)?)?;
+            p = p.checked_add(value_len + 1)?;
+            n += 1;
+            Some((name, value))
+        })
+    }
+
+    /// Every value of header `name` (lower case). A value that is not UTF-8 comes with U+FFFD in
+    /// place of the bad bytes, which no token grammar accepts.
+    pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = Cow<'a, str>> {
+        self.pairs()
+            .filter(move |(k, _)| *k == name.as_bytes())
+            .map(|(_, v)| String::from_utf8_lossy(v))
+    }
+
+    /// The first value of header `name`.
+    pub fn get<'a>(&'a self, name: &'a str) -> Option<Cow<'a, str>> {
+        self.values(name).next()
+    }
 }
 
 /// Makes the following host calls act on another context (a request waiting on this one).
@@ -120,10 +189,12 @@ pub struct CallResponse {
 }
 
 pub fn call_response(body_size: usize, max_body: usize) -> CallResponse {
+    // Bytes, not `get_map_value`: the SDK panics on a value that is not UTF-8.
     let header = |name| {
-        hostcalls::get_map_value(MapType::HttpCallResponseHeaders, name)
+        hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name)
             .ok()
             .flatten()
+            .and_then(|v| String::from_utf8(v).ok())
     };
     let body = if body_size > max_body {
         None
@@ -197,5 +268,60 @@ impl Metrics {
             Metric::JwksFetch => self.jwks_fetches,
         };
         let _ = hostcalls::increment_metric(id, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Headers;
+
+    fn serialize(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut b = (pairs.len() as u32).to_le_bytes().to_vec();
+        for (k, v) in pairs {
+            b.extend((k.len() as u32).to_le_bytes());
+            b.extend((v.len() as u32).to_le_bytes());
+        }
+        for (k, v) in pairs {
+            b.extend(*k);
+            b.push(0);
+            b.extend(*v);
+            b.push(0);
+        }
+        b
+    }
+
+    #[test]
+    fn headers_are_read_in_place_from_the_host_serialization() {
+        let pairs: [(&[u8], &[u8]); 4] = [
+            (b":path", b"/api/x"),
+            (b"authorization", b"Bearer one"),
+            (b"x-note", b"caf\xe9"),
+            (b"authorization", b""),
+        ];
+        let h = Headers::from_serialized(serialize(&pairs));
+        assert_eq!(h.pairs().collect::<Vec<_>>(), pairs);
+        assert_eq!(h.get(":path").as_deref(), Some("/api/x"));
+        assert_eq!(
+            h.values("authorization").collect::<Vec<_>>(),
+            ["Bearer one", ""]
+        );
+        assert_eq!(h.get("x-note").as_deref(), Some("caf\u{fffd}"));
+        assert_eq!(h.get("x-missing"), None);
+        assert_eq!(Headers::from_serialized(Vec::new()).pairs().count(), 0);
+    }
+
+    #[test]
+    fn a_truncated_or_lying_buffer_ends_the_pairs_without_panicking() {
+        let full = serialize(&[(b"a", b"1"), (b"bb", b"22")]);
+        for cut in 0..full.len() {
+            let h = Headers::from_serialized(full[..cut].to_vec());
+            assert!(h.pairs().count() <= 2, "cut at {cut}");
+        }
+        let mut huge_count = full.clone();
+        huge_count[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(Headers::from_serialized(huge_count).pairs().count(), 0);
+        let mut huge_len = full;
+        huge_len[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(Headers::from_serialized(huge_len).pairs().count(), 0);
     }
 }

@@ -13,6 +13,7 @@ use crate::root::Shared;
 use crate::token;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
+use std::borrow::Cow;
 use std::rc::Rc;
 
 /// A request waiting for another request's introspection of the same token.
@@ -187,27 +188,18 @@ impl Http {
         let cfg = &sh.config;
         // One host call for every header: each call crosses into the host and back.
         let headers = host::request_headers();
-        let value = |name: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str())
-        };
         if !cfg.routes.is_empty() {
-            self.route =
-                cfg.route_for(value(":method").unwrap_or(""), value(":path").unwrap_or(""));
+            let method = headers.get(":method").unwrap_or_default();
+            let path = headers.get(":path").unwrap_or_default();
+            self.route = cfg.route_for(&method, &path);
         }
         self.thumbprint = host::client_thumbprint();
-        let values: Vec<&str> = headers
-            .iter()
-            .filter(|(k, _)| k == "authorization")
-            .map(|(_, v)| v.as_str())
-            .collect();
+        let values: Vec<Cow<str>> = headers.values("authorization").collect();
         let token = match token::bearer_token(&values, cfg.max_token_length) {
             Ok(t) => t,
             Err(e) => return deny(sh, e.into(), self.thumbprint.as_ref(), self.route, None),
         };
-        let key = TokenKey::new(&cfg.cache.namespace, &cfg.fingerprint, token);
+        let key = sh.key_deriver.key(token);
         let now = host::now();
         let local = sh.local.borrow().get(&key, now);
         let entry = local.or_else(|| {

@@ -1,6 +1,6 @@
 //! The root context: parses the configuration once, defines the metrics, creates HTTP contexts.
 
-use crate::cache::{LocalCache, TokenKey};
+use crate::cache::{KeyDeriver, LocalCache, TokenKey};
 use crate::config::{self, Config};
 use crate::host::Metrics;
 use crate::http::{Http, Waiter};
@@ -19,6 +19,8 @@ const LOCAL_ENTRIES: usize = 1024;
 pub struct Shared {
     pub config: Config,
     pub metrics: Metrics,
+    /// Turns a token into its cache key (namespace and configuration fingerprint absorbed once).
+    pub key_deriver: KeyDeriver,
     pub local: RefCell<LocalCache>,
     /// Tokens being introspected right now, and the requests waiting for the answer: one call
     /// per token per worker, however many requests carry it at once.
@@ -64,9 +66,11 @@ impl RootContext for Root {
         let local = RefCell::new(LocalCache::new(
             LOCAL_ENTRIES.min(config.cache.max_entries as usize),
         ));
+        let key_deriver = KeyDeriver::new(&config.cache.namespace, &config.fingerprint);
         self.shared = Some(Rc::new(Shared {
             config,
             metrics,
+            key_deriver,
             local,
             inflight: RefCell::default(),
             keys: RefCell::default(),

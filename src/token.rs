@@ -11,10 +11,10 @@ pub enum TokenError {
 
 /// The bearer token of a request whose `Authorization` values are `values`
 /// (every header of that name, in order).
-pub fn bearer_token<'a>(values: &[&'a str], max_length: usize) -> Result<&'a str, TokenError> {
+pub fn bearer_token<S: AsRef<str>>(values: &[S], max_length: usize) -> Result<&str, TokenError> {
     let value = match values {
         [] => return Err(TokenError::Missing),
-        [one] => *one,
+        [one] => one.as_ref(),
         _ => return Err(TokenError::Malformed("several Authorization headers")),
     };
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));

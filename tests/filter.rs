@@ -795,6 +795,48 @@ fn client_supplied_claim_headers_never_reach_the_upstream() {
     );
 }
 
+/// HTTP/1 allows bytes above 0x7f in header values (obs-text); they are not UTF-8. Reading such a
+/// header must neither crash the filter's VM (every later request would fail) nor let a
+/// malformed Authorization through.
+#[test]
+fn header_values_that_are_not_utf8_are_handled() {
+    use reqwest::header::HeaderValue;
+    let f = Fixture::new(Format::Jwt);
+    let client = f.envoy.client(CLIENT);
+    let url = f.envoy.url("/api/transactions");
+    let latin1 = || HeaderValue::from_bytes(b"caf\xe9").unwrap();
+    let token = f.bound_token(CLIENT, SCOPES);
+
+    let reply = send(
+        client
+            .get(&url)
+            .bearer_auth(&token)
+            .header("x-note", latin1()),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let reply = send(
+        client
+            .get(&url)
+            .bearer_auth(&token)
+            .header(CLIENT_ID_HEADER, latin1()),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        f.upstream.last().header_all(CLIENT_ID_HEADER),
+        [PARTNER_CLIENT_ID]
+    );
+    let bad_token = HeaderValue::from_bytes(b"Bearer tok\xe9n").unwrap();
+    let reply = send(client.get(&url).header("authorization", bad_token));
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert_eq!(reply.json()["error"], "invalid_request", "{reply:?}");
+    assert_eq!(f.upstream.count(), 2);
+
+    // The filter still works afterwards.
+    let reply = f.get(CLIENT, "/api/transactions", Some(&token));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(f.upstream.count(), 3);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. Route policy.
 

@@ -181,10 +181,12 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<Req
     let path = parts.next().unwrap_or_default().to_string();
     let mut headers = Vec::new();
     loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 {
+        // Header values may carry bytes that are not UTF-8 (obs-text); kept lossily.
+        let mut raw = Vec::new();
+        if reader.read_until(b'\n', &mut raw)? == 0 {
             return Ok(None);
         }
+        let h = String::from_utf8_lossy(&raw);
         let h = h.trim_end_matches(['\r', '\n']);
         if h.is_empty() {
             break;
