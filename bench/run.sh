@@ -20,5 +20,18 @@ if [[ "${BENCH_OHA:-0}" == 1 && ! -x .bench-tools/bin/oha ]]; then
 fi
 unset CARGO_TARGET_DIR
 
+# valgrind (callgrind) counts Envoy's instructions per request in the last phase (BENCH_CALLGRIND=0
+# skips it); Debian's package is installed when missing and running as root, else the phase is skipped.
+if [[ "${BENCH_CALLGRIND:-1}" != 0 ]] && ! command -v callgrind_control >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]]; then
+    echo "bench: installing valgrind (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends valgrind >/dev/null \
+      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends valgrind >/dev/null; }
+  else
+    echo "bench: valgrind not found: the callgrind phase will be skipped (Debian: apt-get install valgrind)" >&2
+  fi
+fi
+
 # The orchestrator runs on the load generator's CPU; it starts Envoy on the other one.
 exec taskset -c 1 python3 bench/bench.py

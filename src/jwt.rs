@@ -1,13 +1,19 @@
 //! Verifying a JWT the identity server returned: algorithm allow-list, key, signature, `typ`,
 //! `iss`, `aud`, `exp`/`nbf`. Nothing in a JWT is read before this passes.
+//!
+//! The checks, their order and the error each yields are those of jwt-simple 0.12, which this
+//! module replaced (its signature crates are used directly, for a smaller module).
 
 use crate::config::{Algorithm, JwtRules};
 use crate::jwks::{KeyMaterial, KeySet};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jwt_simple::prelude::*;
-use jwt_simple::JWTError;
-use serde_json::{Map, Value};
+use rsa::signature::Verifier;
+use rsa::{BigUint, RsaPublicKey};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Number, Value};
+use sha2::Sha256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JwtError {
@@ -45,24 +51,178 @@ impl JwtError {
     }
 }
 
-fn map_error(e: jwt_simple::Error) -> JwtError {
-    match e.downcast_ref::<JWTError>() {
-        Some(JWTError::TokenHasExpired) => JwtError::Expired,
-        Some(JWTError::TokenNotValidYet | JWTError::ClockDrift) => JwtError::NotYetValid,
-        Some(JWTError::RequiredIssuerMismatch | JWTError::RequiredIssuerMissing) => {
-            JwtError::BadIssuer
-        }
-        Some(JWTError::RequiredAudienceMismatch | JWTError::RequiredAudienceMissing) => {
-            JwtError::BadAudience
-        }
-        Some(JWTError::RequiredSignatureTypeMismatch | JWTError::NotJWT) => JwtError::BadType,
-        Some(JWTError::InvalidSignature) => JwtError::BadSignature,
-        _ => JwtError::Malformed,
-    }
+/// The longest encoded header accepted.
+const MAX_HEADER_LENGTH: usize = 8192;
+
+/// The JOSE header. Every field has the type JOSE gives it: another type makes the JWT malformed,
+/// also for the fields that are not used (`_` names), and so does a repeated field.
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    kid: Option<String>,
+    typ: Option<String>,
+    crit: Option<Vec<String>>,
+    salt: Option<String>,
+    #[serde(rename = "cty")]
+    _cty: Option<String>,
+    #[serde(rename = "x5c")]
+    _x5c: Option<Vec<String>>,
+    #[serde(rename = "jku")]
+    _jku: Option<String>,
+    #[serde(rename = "jwk")]
+    _jwk: Option<String>,
+    #[serde(rename = "x5u")]
+    _x5u: Option<String>,
+    #[serde(rename = "x5t")]
+    _x5t: Option<String>,
+    #[serde(rename = "x5t#S256")]
+    _x5t_s256: Option<String>,
+}
+
+/// The registered claims, typed as for the header. Times are seconds; a fraction is dropped and
+/// a negative time is 0.
+#[derive(Deserialize)]
+struct Registered {
+    #[serde(default, deserialize_with = "numeric_date")]
+    iat: Option<u64>,
+    #[serde(default, deserialize_with = "numeric_date")]
+    exp: Option<u64>,
+    #[serde(default, deserialize_with = "numeric_date")]
+    nbf: Option<u64>,
+    iss: Option<String>,
+    #[serde(default, deserialize_with = "audiences")]
+    aud: Option<Vec<String>>,
+    #[serde(rename = "sub")]
+    _sub: Option<String>,
+    #[serde(rename = "jti")]
+    _jti: Option<String>,
+    #[serde(rename = "nonce")]
+    _nonce: Option<String>,
+}
+
+fn numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let n = Number::deserialize(d)?;
+    // `as` saturates: a negative time is 0, one beyond u64 is u64::MAX.
+    Ok(n.as_u64().or_else(|| n.as_f64().map(|f| f as u64)))
+}
+
+/// `aud`: one string or an array of strings.
+fn audiences<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    let strings = match Value::deserialize(d)? {
+        Value::String(s) => vec![s],
+        Value::Array(values) => values
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s),
+                _ => Err(D::Error::custom("aud: not a string")),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err(D::Error::custom("aud: neither a string nor an array")),
+    };
+    Ok(Some(strings))
+}
+
+fn b64(part: &str) -> Result<Vec<u8>, JwtError> {
+    URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| JwtError::Malformed)
 }
 
 fn allowed(alg: &str, rules: &JwtRules) -> Option<Algorithm> {
     rules.algorithms.iter().copied().find(|a| a.name() == alg)
+}
+
+/// A verification key, made from the key set's material for the JWT's algorithm.
+enum Key {
+    Ps256(rsa::pss::VerifyingKey<Sha256>),
+    Rs256(rsa::pkcs1v15::VerifyingKey<Sha256>),
+    Es256(p256::ecdsa::VerifyingKey),
+    EdDsa(ed25519_compact::PublicKey),
+}
+
+impl Key {
+    fn new(material: &KeyMaterial, alg: Algorithm) -> Option<Key> {
+        let rsa = |n: &[u8], e: &[u8]| {
+            RsaPublicKey::new(BigUint::from_bytes_be(n), BigUint::from_bytes_be(e)).ok()
+        };
+        Some(match (material, alg) {
+            // PSS with a salt as long as the hash (RFC 7518 section 3.5).
+            (KeyMaterial::Rsa { n, e }, Algorithm::PS256) => {
+                Key::Ps256(rsa::pss::VerifyingKey::new_with_salt_len(rsa(n, e)?, 32))
+            }
+            (KeyMaterial::Rsa { n, e }, Algorithm::RS256) => {
+                Key::Rs256(rsa::pkcs1v15::VerifyingKey::new(rsa(n, e)?))
+            }
+            (KeyMaterial::P256(point), Algorithm::ES256) => {
+                Key::Es256(p256::ecdsa::VerifyingKey::from_sec1_bytes(point).ok()?)
+            }
+            (KeyMaterial::Ed25519(x), Algorithm::EdDSA) => {
+                Key::EdDsa(ed25519_compact::PublicKey::from_slice(x).ok()?)
+            }
+            _ => return None,
+        })
+    }
+
+    /// Checks `signature` over `signed`. An Ed25519 signature of the wrong length is malformed;
+    /// any other unusable signature is a bad one.
+    fn verify(&self, signed: &[u8], signature: &[u8]) -> Result<(), JwtError> {
+        let bad = |_| JwtError::BadSignature;
+        match self {
+            Key::Ps256(key) => {
+                let sig = rsa::pss::Signature::try_from(signature).map_err(bad)?;
+                key.verify(signed, &sig).map_err(bad)
+            }
+            Key::Rs256(key) => {
+                let sig = rsa::pkcs1v15::Signature::try_from(signature).map_err(bad)?;
+                key.verify(signed, &sig).map_err(bad)
+            }
+            Key::Es256(key) => {
+                let sig = p256::ecdsa::Signature::from_slice(signature).map_err(bad)?;
+                key.verify(signed, &sig).map_err(bad)
+            }
+            Key::EdDsa(key) => {
+                let sig = ed25519_compact::Signature::from_slice(signature)
+                    .map_err(|_| JwtError::Malformed)?;
+                key.verify(signed, &sig).map_err(|_| JwtError::BadSignature)
+            }
+        }
+    }
+}
+
+/// `typ`, compared without regard to case: the configured one if any, else absent, `JWT` or
+/// `…+JWT`.
+fn check_type(typ: Option<&str>, required: Option<&str>) -> Result<(), JwtError> {
+    let ok = match (typ.map(str::to_ascii_uppercase), required) {
+        (Some(typ), Some(required)) => typ == required.to_ascii_uppercase(),
+        (None, Some(_)) => false,
+        (Some(typ), None) => typ == "JWT" || typ.ends_with("+JWT"),
+        (None, None) => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(JwtError::BadType)
+    }
+}
+
+/// `iat` and `nbf` may be at most the skew ahead of `now`, `exp` at most the skew behind it. A
+/// JWT without them is valid at any time.
+fn check_times(claims: &Registered, now: u64, skew: u64) -> Result<(), JwtError> {
+    let latest_start = now.saturating_add(skew);
+    if claims.iat.is_some_and(|iat| iat > latest_start)
+        || claims.nbf.is_some_and(|nbf| nbf > latest_start)
+    {
+        return Err(JwtError::NotYetValid);
+    }
+    if let Some(exp) = claims.exp {
+        if now
+            .checked_sub(skew)
+            .is_none_or(|earliest_end| earliest_end > exp)
+        {
+            return Err(JwtError::Expired);
+        }
+    }
+    Ok(())
 }
 
 /// Verifies `token` against `keys` and `rules` at unix time `now`; returns all of its claims.
@@ -73,10 +233,16 @@ pub fn verify(
     now: u64,
     max_length: usize,
 ) -> Result<Map<String, Value>, JwtError> {
-    let meta = Token::decode_metadata(token).map_err(|_| JwtError::Malformed)?;
-    let alg = allowed(meta.algorithm(), rules).ok_or(JwtError::AlgorithmNotAllowed)?;
-    let kid = meta.key_id();
-    let key = keys
+    let mut parts = token.split('.');
+    let header_b64 = parts.next().ok_or(JwtError::Malformed)?;
+    if header_b64.len() > MAX_HEADER_LENGTH {
+        return Err(JwtError::Malformed);
+    }
+    let header: Header =
+        serde_json::from_slice(&b64(header_b64)?).map_err(|_| JwtError::Malformed)?;
+    let alg = allowed(&header.alg, rules).ok_or(JwtError::AlgorithmNotAllowed)?;
+    let kid = header.kid.as_deref();
+    let jwk = keys
         .keys
         .iter()
         .filter(|k| k.alg.as_deref().is_none_or(|a| a == alg.name()))
@@ -90,40 +256,46 @@ pub fn verify(
         })
         .find(|k| kid.is_none() || k.kid.as_deref() == kid)
         .ok_or(JwtError::UnknownKey)?;
+    let key = Key::new(&jwk.material, alg).ok_or(JwtError::UnknownKey)?;
 
-    let options = VerificationOptions {
-        allowed_issuers: Some(HashSet::from_strings(&[rules.issuer.as_str()])),
-        allowed_audiences: Some(HashSet::from_strings(&rules.audiences)),
-        time_tolerance: Some(Duration::from_secs(rules.clock_skew_seconds)),
-        required_signature_type: rules.typ.clone(),
-        max_token_length: Some(max_length),
-        artificial_time: Some(Duration::from_secs(now)),
-        ..Default::default()
+    if token.len() > max_length {
+        return Err(JwtError::Malformed);
+    }
+    let (Some(payload_b64), Some(signature_b64), None) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(JwtError::Malformed);
     };
-    let bad_key = |_| JwtError::UnknownKey;
-    let result = match (&key.material, alg) {
-        (KeyMaterial::Rsa { n, e }, Algorithm::PS256) => PS256PublicKey::from_components(n, e)
-            .map_err(bad_key)?
-            .verify_token::<NoCustomClaims>(token, Some(options)),
-        (KeyMaterial::Rsa { n, e }, Algorithm::RS256) => RS256PublicKey::from_components(n, e)
-            .map_err(bad_key)?
-            .verify_token::<NoCustomClaims>(token, Some(options)),
-        (KeyMaterial::P256(point), Algorithm::ES256) => ES256PublicKey::from_bytes(point)
-            .map_err(bad_key)?
-            .verify_token::<NoCustomClaims>(token, Some(options)),
-        (KeyMaterial::Ed25519(x), Algorithm::EdDSA) => Ed25519PublicKey::from_bytes(x)
-            .map_err(bad_key)?
-            .verify_token::<NoCustomClaims>(token, Some(options)),
-        _ => return Err(JwtError::UnknownKey),
-    };
-    result.map_err(map_error)?;
+    // No critical extension is understood.
+    if header.crit.is_some_and(|crit| !crit.is_empty()) {
+        return Err(JwtError::Malformed);
+    }
+    check_type(header.typ.as_deref(), rules.typ.as_deref())?;
+    if let Some(salt) = &header.salt {
+        b64(salt)?;
+    }
+    let signature = b64(signature_b64)?;
+    let signed = token
+        .get(..header_b64.len() + 1 + payload_b64.len())
+        .ok_or(JwtError::Malformed)?;
+    key.verify(signed.as_bytes(), &signature)?;
 
-    // The signature holds: read every claim, standard or not, from the payload.
-    let payload = token.split('.').nth(1).ok_or(JwtError::Malformed)?;
-    let bytes = URL_SAFE_NO_PAD
-        .decode(payload)
-        .map_err(|_| JwtError::Malformed)?;
-    serde_json::from_slice(&bytes).map_err(|_| JwtError::Malformed)
+    // The signature holds: read the claims, every one (standard or not) and the registered ones.
+    let payload = b64(payload_b64)?;
+    let claims: Map<String, Value> =
+        serde_json::from_slice(&payload).map_err(|_| JwtError::Malformed)?;
+    let registered: Registered =
+        serde_json::from_slice(&payload).map_err(|_| JwtError::Malformed)?;
+    check_times(&registered, now, rules.clock_skew_seconds)?;
+    if registered.iss.as_deref() != Some(rules.issuer.as_str()) {
+        return Err(JwtError::BadIssuer);
+    }
+    let audience_ok = registered
+        .aud
+        .is_some_and(|aud| aud.iter().any(|a| rules.audiences.contains(a)));
+    if !audience_ok {
+        return Err(JwtError::BadAudience);
+    }
+    Ok(claims)
 }
 
 #[cfg(test)]
@@ -131,6 +303,7 @@ pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use crate::config::{Endpoint, Jwks};
+    use jwt_simple::prelude::*;
     use std::sync::OnceLock;
 
     pub const ISSUER: &str = "https://login.example.com";
