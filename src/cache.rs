@@ -47,6 +47,8 @@ impl KeyDeriver {
 }
 
 impl TokenKey {
+    /// The key a `KeyDeriver` for namespace and fingerprint gives `token` (tests build keys this way).
+    #[cfg(test)]
     pub fn new(namespace: &str, fingerprint: &str, token: &str) -> Self {
         KeyDeriver::new(namespace, fingerprint).key(token)
     }

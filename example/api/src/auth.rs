@@ -365,15 +365,18 @@ mod tests {
     }
 
     fn sign(c: JWTClaims<serde_json::Value>, typ: &str) -> String {
-        key_pair()
-            .sign_with_options(
-                c,
-                &HeaderOptions {
-                    signature_type: Some(typ.into()),
-                    ..Default::default()
-                },
-            )
-            .unwrap()
+        sign_with(key_pair(), c, typ)
+    }
+
+    fn sign_with<K: RSAKeyPairLike>(key: &K, c: JWTClaims<serde_json::Value>, typ: &str) -> String {
+        key.sign_with_options(
+            c,
+            &HeaderOptions {
+                signature_type: Some(typ.into()),
+                ..Default::default()
+            },
+        )
+        .unwrap()
     }
 
     fn phantom() -> JWTClaims<serde_json::Value> {
@@ -436,15 +439,7 @@ mod tests {
         let rs = RS256KeyPair::from_der(&key_pair().to_der().unwrap())
             .unwrap()
             .with_key_id(KID);
-        let t = rs
-            .sign_with_options(
-                phantom(),
-                &HeaderOptions {
-                    signature_type: Some("at+jwt".into()),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        let t = sign_with(&rs, phantom(), "at+jwt");
         assert_eq!(
             reason(verify_jwt(&t, &keys(), &policy(), NOW)),
             "algorithm RS256 not accepted"
@@ -454,15 +449,7 @@ mod tests {
         let t = hs.authenticate(phantom()).unwrap();
         reason(verify_jwt(&t, &keys(), &policy(), NOW));
         // Signed by another key claiming the same kid.
-        let t = other_key_pair()
-            .sign_with_options(
-                phantom(),
-                &HeaderOptions {
-                    signature_type: Some("at+jwt".into()),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        let t = sign_with(other_key_pair(), phantom(), "at+jwt");
         reason(verify_jwt(&t, &keys(), &policy(), NOW));
         // A kid the key set does not hold asks for a refresh.
         let t = sign(phantom(), "at+jwt");

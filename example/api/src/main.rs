@@ -153,6 +153,11 @@ struct App {
     next_id: AtomicU64,
 }
 
+/// The path of a request target, without its query.
+fn path_of(url: &str) -> &str {
+    url.split('?').next().unwrap_or_default()
+}
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -249,12 +254,7 @@ impl App {
             TokenKind::Opaque => &self.stats.accepted_opaque,
         };
         counter.fetch_add(1, Ordering::SeqCst);
-        let path = request
-            .url()
-            .split('?')
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let path = path_of(request.url()).to_string();
         let reply = match (request.method(), path.as_str()) {
             (Method::Post, "/api/transactions") => self.create(request, &principal),
             (Method::Get, "/api/transactions") => self.list(&principal),
@@ -356,12 +356,7 @@ fn serve(app: &App, server: &Server) {
             }
         };
         let method = request.method().to_string();
-        let path = request
-            .url()
-            .split('?')
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let path = path_of(request.url()).to_string();
         let (reply, principal) = app.handle(&mut request);
         // One line per request: never the token, only who it was and what happened.
         let who = principal
