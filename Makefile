@@ -86,22 +86,36 @@ certs: ## make the example CA, server and client certificates in certs/out (idem
 	@$(call require,openssl,$(OPENSSL_HINT))
 	certs/make-certs.sh $(CERTS_DIR)
 
-# Binaryen's wasm-opt shrinks the module in place (about -16 %) without slowing the cache-hit path
-# (callgrind: the same instructions per request). Cargo re-links its own output on every build, so
-# this runs every time (about 6 s); the result is the same for the same input.
-WASM_OPT       := wasm-opt -Oz --converge --enable-bulk-memory --enable-sign-ext \
-                  --enable-nontrapping-float-to-int --enable-mutable-globals
+# Binaryen post-processes the module in place; cargo re-links its own output on every build, so this
+# runs every time (about 6 s) and gives the same result for the same input.
+# 1. wasm-metadce keeps only the exports in WASM_EXPORTS and drops the code only the others reach.
+#    The proxy-wasm SDK exports every callback of the ABI; Envoy calls each exported one on every
+#    request (response headers, response body, log: each a crossing into V8) and skips the ones a
+#    module does not export. certbound implements these and no others: implementing another SDK
+#    callback (say on_http_response_headers) means adding its export here, or it is never called.
+#    Measured with callgrind: 5.3 k fewer Envoy instructions per cache hit, and 20 KB smaller.
+# 2. wasm-opt -Oz shrinks it (about -16 %) without slowing the cache-hit path (callgrind: the same
+#    instructions per request).
+WASM_EXPORTS   := memory _initialize proxy_abi_version_0_2_1 proxy_on_memory_allocate \
+                  proxy_on_vm_start proxy_on_configure proxy_on_context_create \
+                  proxy_on_request_headers proxy_on_http_call_response proxy_on_done proxy_on_delete
+WASM_FEATURES  := --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
+                  --enable-mutable-globals
 WASM_OPT_HINT  := Install binaryen (Debian: apt-get install binaryen).
 
 setup-wasm-opt:
-	@$(call apt_install,wasm-opt,binaryen,$(WASM_OPT_HINT))
+	@$(call apt_install,wasm-opt wasm-metadce,binaryen,$(WASM_OPT_HINT))
 
-build: setup-rust-target setup-wasm-opt ## build the filter (target/wasm32-wasip1/release/certbound.wasm, optimized by wasm-opt) and print its size
+build: setup-rust-target setup-wasm-opt ## build the filter (target/wasm32-wasip1/release/certbound.wasm, trimmed and optimized by binaryen) and print its size
 	@$(call require,cargo,$(RUST_HINT))
 	cargo build --release --target $(WASM_TARGET)
-	@echo "build: wasm-opt -Oz $(WASM) ($$(stat -c %s $(WASM)) bytes)"
-	$(WASM_OPT) $(WASM) -o $(WASM).opt
-	mv $(WASM).opt $(WASM)
+	@echo "build: wasm-metadce + wasm-opt -Oz $(WASM) ($$(stat -c %s $(WASM)) bytes)"
+	@reaches=""; nodes=""; for e in $(WASM_EXPORTS); do \
+	  reaches+="\"$$e\","; nodes+=",{\"name\":\"$$e\",\"export\":\"$$e\"}"; done; \
+	echo "[{\"name\":\"host\",\"root\":true,\"reaches\":[$${reaches%,}]}$$nodes]" > $(WASM).exports.json
+	wasm-metadce $(WASM_FEATURES) -f $(WASM).exports.json $(WASM) -o $(WASM).dce >/dev/null
+	wasm-opt -Oz --converge $(WASM_FEATURES) $(WASM).dce -o $(WASM)
+	rm -f $(WASM).dce $(WASM).exports.json
 	@echo "build: $(WASM) is $$(stat -c %s $(WASM)) bytes"
 
 # Envoy resolves the relative paths in these configs against its working directory: the repo root.

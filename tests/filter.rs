@@ -365,6 +365,43 @@ fn request_body_reaches_the_upstream_intact_after_introspection() {
     );
 }
 
+/// A request body that arrives while the introspection call is out must not carry the request past
+/// the filter: the API sees nothing of a request whose token is then rejected, and an allowed request
+/// reaches it with the JWT, not the opaque token.
+#[test]
+fn request_body_sent_during_introspection_waits_for_the_decision() {
+    let f = Fixture::new(Format::Jwt);
+    let body: String = (0..20_000).map(|i| format!("{i},")).collect();
+    let post = |token: &str| {
+        send(
+            f.envoy
+                .client(CLIENT)
+                .post(f.envoy.url("/api/transactions"))
+                .bearer_auth(token)
+                .header("content-type", "text/csv")
+                .body(body.clone()),
+        )
+    };
+
+    let rejected = opaque_token("body-inactive");
+    f.idp
+        .register(&rejected, Behaviour::Hang(Duration::from_millis(300)));
+    let reply = post(&rejected);
+    assert_eq!(reply.status, 401, "{reply:?}");
+    assert_eq!(f.upstream.count(), 0, "a rejected request reached the API");
+
+    let allowed = opaque_token("body-active");
+    let claims = bound_claims(&thumbprint(CLIENT), SCOPES);
+    f.idp
+        .register(&allowed, Behaviour::Slow(Duration::from_millis(300), claims));
+    let reply = post(&allowed);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let forwarded = f.upstream.last();
+    let jwt = f.idp.answered(&allowed).expect("the identity server answered");
+    assert_eq!(forwarded.header_all("authorization"), [format!("Bearer {jwt}")]);
+    assert!(forwarded.body == body.as_bytes(), "the body changed on its way");
+}
+
 #[test]
 fn positive_cache_entry_expires_after_max_ttl() {
     let f = Fixture::with(Format::Jwt, |c| c["cache"] = json!({"max_ttl_seconds": 1}));
