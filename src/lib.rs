@@ -1,4 +1,8 @@
 //! certbound: certificate-bound phantom-token enforcement as a proxy-wasm HTTP filter.
+//!
+//! The SDK exports every proxy-wasm callback; `make build` keeps only the ones certbound implements
+//! (the Makefile's `WASM_EXPORTS`), so that Envoy does not call into the module for the others.
+//! Implementing another callback means adding its export there.
 pub mod binding;
 pub mod cache;
 pub mod config;

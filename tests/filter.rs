@@ -392,14 +392,25 @@ fn request_body_sent_during_introspection_waits_for_the_decision() {
 
     let allowed = opaque_token("body-active");
     let claims = bound_claims(&thumbprint(CLIENT), SCOPES);
-    f.idp
-        .register(&allowed, Behaviour::Slow(Duration::from_millis(300), claims));
+    f.idp.register(
+        &allowed,
+        Behaviour::Slow(Duration::from_millis(300), claims),
+    );
     let reply = post(&allowed);
     assert_eq!(reply.status, 200, "{reply:?}");
     let forwarded = f.upstream.last();
-    let jwt = f.idp.answered(&allowed).expect("the identity server answered");
-    assert_eq!(forwarded.header_all("authorization"), [format!("Bearer {jwt}")]);
-    assert!(forwarded.body == body.as_bytes(), "the body changed on its way");
+    let jwt = f
+        .idp
+        .answered(&allowed)
+        .expect("the identity server answered");
+    assert_eq!(
+        forwarded.header_all("authorization"),
+        [format!("Bearer {jwt}")]
+    );
+    assert!(
+        forwarded.body == body.as_bytes(),
+        "the body changed on its way"
+    );
 }
 
 #[test]
