@@ -370,7 +370,10 @@ fn request_body_reaches_the_upstream_intact_after_introspection() {
 /// reaches it with the JWT, not the opaque token.
 #[test]
 fn request_body_sent_during_introspection_waits_for_the_decision() {
-    let f = Fixture::new(Format::Jwt);
+    // The identity server takes 300 ms; the timeout leaves room for a slow machine.
+    let f = Fixture::with(Format::Jwt, |c| {
+        c["introspection"]["timeout_ms"] = json!(5_000)
+    });
     let body: String = (0..20_000).map(|i| format!("{i},")).collect();
     let post = |token: &str| {
         send(
