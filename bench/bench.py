@@ -373,6 +373,7 @@ class Envoy:
         return False
 
     def stats(self, needle="certbound"):
+        time.sleep(0.25)  # certbound hands its counts to Envoy on its 100 ms timer
         text = http_get(f"http://127.0.0.1:{self.admin}/stats?filter={needle}")
         out = {}
         for line in text.splitlines():

@@ -5,6 +5,7 @@
 //! many distinct tokens arrive, at most `max_entries` keys exist. Time is always passed in.
 
 use crate::binding::Thumbprint;
+use crate::jwks::KeySet;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -38,6 +39,7 @@ impl KeyDeriver {
         KeyDeriver(Sha256::new_with_prefix(prefix))
     }
 
+    #[inline]
     pub fn key(&self, token: &str) -> TokenKey {
         let mut h = self.0.clone();
         h.update((token.len() as u64).to_le_bytes());
@@ -166,6 +168,7 @@ impl LocalCache {
         }
     }
 
+    #[inline]
     pub fn get(&self, key: &TokenKey, now: u64) -> Option<Rc<Entry>> {
         self.map.get(key).filter(|e| e.expires_at > now).cloned()
     }
@@ -323,9 +326,37 @@ pub fn decode(bytes: &[u8]) -> Option<Entry> {
     })
 }
 
+// ---- the key set's copy in shared data ----
+
+/// The key set in shared data, shared by every worker: `fetched_at` (u64 LE) then the raw JWKS.
+pub struct JwksStore<'a> {
+    pub namespace: &'a str,
+    pub fingerprint: &'a str,
+}
+
+impl JwksStore<'_> {
+    fn key(&self) -> String {
+        format!("{}/{}/jwks", self.namespace, self.fingerprint)
+    }
+
+    /// The stored key set and when it was fetched.
+    pub fn load(&self, store: &dyn SharedStore) -> Option<(u64, KeySet)> {
+        let (bytes, _) = store.get(&self.key())?;
+        let (time, raw) = bytes.split_at_checked(8)?;
+        let fetched_at = u64::from_le_bytes(time.try_into().ok()?);
+        Some((fetched_at, KeySet::parse(raw).ok()?))
+    }
+
+    pub fn save(&self, store: &dyn SharedStore, now: u64, raw: &[u8]) {
+        let mut value = Vec::with_capacity(8 + raw.len());
+        value.extend_from_slice(&now.to_le_bytes());
+        value.extend_from_slice(raw);
+        store.set(&self.key(), &value, None);
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use std::cell::RefCell;
     use std::collections::HashMap;

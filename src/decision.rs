@@ -3,132 +3,11 @@
 use crate::binding::Thumbprint;
 use crate::cache::{ActiveToken, TokenState};
 use crate::config::Policy;
-use crate::introspection::Failure;
-use crate::token::TokenError;
-
-/// Why a request is denied; each has its reply and its metric.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DenyReason {
-    MissingToken,
-    InvalidRequest(&'static str),
-    InactiveToken,
-    NoClientCertificate,
-    TokenNotBound,
-    CertificateMismatch,
-    ClientNotAllowed,
-    InsufficientScope,
-    IntrospectionUnavailable(&'static str),
-    IntrospectionBadResponse(&'static str),
-}
-
-impl DenyReason {
-    pub const ALL_METRICS: [&'static str; 10] = [
-        "missing_token",
-        "invalid_request",
-        "inactive_token",
-        "no_client_certificate",
-        "token_not_bound",
-        "certificate_mismatch",
-        "client_not_allowed",
-        "insufficient_scope",
-        "introspection_unavailable",
-        "introspection_bad_response",
-    ];
-
-    /// The position of this reason's name in `ALL_METRICS`.
-    pub fn index(self) -> usize {
-        match self {
-            DenyReason::MissingToken => 0,
-            DenyReason::InvalidRequest(_) => 1,
-            DenyReason::InactiveToken => 2,
-            DenyReason::NoClientCertificate => 3,
-            DenyReason::TokenNotBound => 4,
-            DenyReason::CertificateMismatch => 5,
-            DenyReason::ClientNotAllowed => 6,
-            DenyReason::InsufficientScope => 7,
-            DenyReason::IntrospectionUnavailable(_) => 8,
-            DenyReason::IntrospectionBadResponse(_) => 9,
-        }
-    }
-
-    /// The suffix of `certbound.requests_denied.<reason>`.
-    pub fn metric(self) -> &'static str {
-        Self::ALL_METRICS
-            .get(self.index())
-            .copied()
-            .unwrap_or("unknown")
-    }
-
-    pub fn status(self) -> u32 {
-        match self {
-            DenyReason::MissingToken => 401,
-            DenyReason::InvalidRequest(_) => 400,
-            DenyReason::InsufficientScope => 403,
-            DenyReason::IntrospectionUnavailable(_) => 503,
-            DenyReason::IntrospectionBadResponse(_) => 502,
-            _ => 401,
-        }
-    }
-
-    /// The `error` of the JSON body, and of `WWW-Authenticate` where RFC 6750 defines one.
-    pub fn error_code(self) -> &'static str {
-        match self {
-            DenyReason::MissingToken => "unauthorized",
-            DenyReason::InvalidRequest(_) => "invalid_request",
-            DenyReason::InsufficientScope => "insufficient_scope",
-            DenyReason::IntrospectionUnavailable(_) => "temporarily_unavailable",
-            DenyReason::IntrospectionBadResponse(_) => "server_error",
-            _ => "invalid_token",
-        }
-    }
-
-    pub fn description(self) -> &'static str {
-        match self {
-            DenyReason::MissingToken => "a bearer token is required",
-            DenyReason::InvalidRequest(why) => why,
-            DenyReason::InactiveToken => "the access token is not active",
-            DenyReason::NoClientCertificate => "a client certificate is required",
-            DenyReason::TokenNotBound => "the access token is not bound to a certificate",
-            DenyReason::CertificateMismatch => "the access token is bound to another certificate",
-            DenyReason::ClientNotAllowed => "the access token's client may not use this route",
-            DenyReason::InsufficientScope => "the access token lacks a required scope",
-            DenyReason::IntrospectionUnavailable(_) => {
-                "the token could not be checked, try again later"
-            }
-            DenyReason::IntrospectionBadResponse(_) => "the token could not be checked",
-        }
-    }
-
-    /// The operator-facing detail for the log; never sent to the client for 5xx.
-    pub fn detail(self) -> &'static str {
-        match self {
-            DenyReason::IntrospectionUnavailable(why)
-            | DenyReason::IntrospectionBadResponse(why) => why,
-            other => other.description(),
-        }
-    }
-}
-
-impl From<TokenError> for DenyReason {
-    fn from(e: TokenError) -> Self {
-        match e {
-            TokenError::Missing => DenyReason::MissingToken,
-            TokenError::Malformed(why) => DenyReason::InvalidRequest(why),
-        }
-    }
-}
-
-impl From<Failure> for DenyReason {
-    fn from(f: Failure) -> Self {
-        match f {
-            Failure::Unavailable(why) => DenyReason::IntrospectionUnavailable(why),
-            Failure::Bad(why) => DenyReason::IntrospectionBadResponse(why),
-        }
-    }
-}
+use crate::deny::DenyReason;
 
 /// Allows the request or says why not. RFC 8705 section 3: a bound token is always checked against
 /// the connection's certificate, whether or not the route requires binding.
+#[inline]
 pub fn decide<'a>(
     state: &'a TokenState,
     presented: Option<&Thumbprint>,
@@ -163,12 +42,6 @@ pub fn decide<'a>(
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::type_complexity
-    )]
     use super::*;
 
     fn policy(scopes: &[&str], binding: bool, clients: &[&str]) -> Policy {
@@ -196,12 +69,13 @@ mod tests {
         let bound = token(Some(mine), "transactions read");
         let unbound = token(None, "transactions");
         let p = policy(&["transactions"], true, &[]);
-        let table: Vec<(
-            &TokenState,
-            Option<&Thumbprint>,
+        type Case<'a> = (
+            &'a TokenState,
+            Option<&'a Thumbprint>,
             Policy,
             Result<(), DenyReason>,
-        )> = vec![
+        );
+        let table: Vec<Case> = vec![
             (&bound, Some(&mine), p.clone(), Ok(())),
             (&bound, Some(&other), p.clone(), Err(CertificateMismatch)),
             (&bound, None, p.clone(), Err(NoClientCertificate)),
@@ -263,41 +137,5 @@ mod tests {
                 "{state:?} {cert:?} {policy:?}"
             );
         }
-    }
-
-    #[test]
-    fn token_errors_and_introspection_failures_map_to_their_replies() {
-        assert_eq!(DenyReason::from(TokenError::Missing).status(), 401);
-        assert_eq!(
-            DenyReason::from(TokenError::Malformed("x")),
-            DenyReason::InvalidRequest("x")
-        );
-        assert_eq!(DenyReason::from(Failure::Unavailable("x")).status(), 503);
-        assert_eq!(DenyReason::from(Failure::Bad("x")).status(), 502);
-    }
-
-    #[test]
-    fn every_reason_has_a_distinct_metric_and_a_standard_reply() {
-        use DenyReason::*;
-        let all = [
-            MissingToken,
-            InvalidRequest("x"),
-            InactiveToken,
-            NoClientCertificate,
-            TokenNotBound,
-            CertificateMismatch,
-            ClientNotAllowed,
-            InsufficientScope,
-            IntrospectionUnavailable("x"),
-            IntrospectionBadResponse("x"),
-        ];
-        let metrics: std::collections::HashSet<_> = all.iter().map(|r| r.metric()).collect();
-        assert_eq!(metrics.len(), all.len());
-        assert_eq!(InvalidRequest("x").status(), 400);
-        assert_eq!(InsufficientScope.status(), 403);
-        assert_eq!(CertificateMismatch.status(), 401);
-        assert_eq!(CertificateMismatch.error_code(), "invalid_token");
-        assert_eq!(IntrospectionUnavailable("x").status(), 503);
-        assert_eq!(IntrospectionBadResponse("x").status(), 502);
     }
 }

@@ -3,10 +3,11 @@
 
 use crate::binding::Thumbprint;
 use crate::cache::{positive_expiry, ActiveToken, Entry, TokenKey, TokenState};
-use crate::config::{Config, Format, Introspection};
+use crate::config::{Config, Format, Introspection, JwtRules};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::{Map, Value};
+use std::rc::Rc;
 
 /// Headers and body of the introspection request (RFC 7662 section 2.1, `client_secret_basic`).
 pub fn request(cfg: &Introspection, token: &str) -> (Vec<(&'static str, String)>, Vec<u8>) {
@@ -57,8 +58,8 @@ pub enum Answer {
     Inactive,
     /// RFC 7662 members of an active token, received over the trusted channel (`json`).
     Members(Map<String, Value>),
-    /// A JWT that must be verified before anything in it is read.
-    Jwt(String),
+    /// A JWT that must be verified, with these rules, before anything in it is read.
+    Jwt(String, Rc<JwtRules>),
 }
 
 /// Why no answer can be used. Never cached.
@@ -71,7 +72,7 @@ pub enum Failure {
 }
 
 /// Classifies an introspection answer. `status` is `None` when the call itself failed.
-pub fn classify(format: Format, status: Option<u16>, body: &[u8]) -> Result<Answer, Failure> {
+pub fn classify(format: &Format, status: Option<u16>, body: &[u8]) -> Result<Answer, Failure> {
     match status {
         None => {
             return Err(Failure::Unavailable(
@@ -84,7 +85,7 @@ pub fn classify(format: Format, status: Option<u16>, body: &[u8]) -> Result<Answ
             ))
         }
         Some(500..=599) => return Err(Failure::Unavailable("the identity server failed")),
-        Some(204) if format == Format::Jwt => return Ok(Answer::Inactive),
+        Some(204) if matches!(format, Format::Jwt(_)) => return Ok(Answer::Inactive),
         Some(200) => {}
         Some(_) => {
             return Err(Failure::Bad(
@@ -98,15 +99,15 @@ pub fn classify(format: Format, status: Option<u16>, body: &[u8]) -> Result<Answ
                 .map_err(|_| Failure::Bad("the introspection answer is not a JSON object"))?;
             active_members(members)
         }
-        Format::Jwt if body.iter().all(u8::is_ascii_whitespace) => Ok(Answer::Inactive),
-        Format::Jwt | Format::IntrospectionJwt => {
+        Format::Jwt(_) if body.iter().all(u8::is_ascii_whitespace) => Ok(Answer::Inactive),
+        Format::Jwt(rules) | Format::IntrospectionJwt(rules) => {
             let text = std::str::from_utf8(body)
                 .map_err(|_| Failure::Bad("the introspection answer is not a JWT"))?
                 .trim();
             if text.split('.').count() != 3 || text.bytes().any(|b| !b.is_ascii_graphic()) {
                 return Err(Failure::Bad("the introspection answer is not a JWT"));
             }
-            Ok(Answer::Jwt(text.to_string()))
+            Ok(Answer::Jwt(text.to_string(), rules.clone()))
         }
     }
 }
@@ -125,11 +126,11 @@ pub fn active_members(members: Map<String, Value>) -> Result<Answer, Failure> {
 /// The RFC 7662 members inside a verified JWT: the JWT's own claims for the phantom token,
 /// the `token_introspection` claim for RFC 9701.
 pub fn members_of_verified_jwt(
-    format: Format,
+    format: &Format,
     claims: Map<String, Value>,
 ) -> Result<Answer, Failure> {
     match format {
-        Format::IntrospectionJwt => match claims.get("token_introspection") {
+        Format::IntrospectionJwt(_) => match claims.get("token_introspection") {
             Some(Value::Object(m)) => active_members(m.clone()),
             _ => Err(Failure::Bad(
                 "the introspection JWT has no token_introspection object",
@@ -182,7 +183,11 @@ pub fn entry_from_members(
         Some(v) => Some(v.as_u64().ok_or(Failure::Bad("exp is not a number"))?),
     };
     // The same leeway as the JWT checks: a token within it is allowed, though not cached.
-    let skew = cfg.jwt.as_ref().map_or(0, |j| j.clock_skew_seconds);
+    let skew = cfg
+        .introspection
+        .format
+        .jwt_rules()
+        .map_or(0, |j| j.clock_skew_seconds);
     if exp.is_some_and(|e| e.saturating_add(skew) <= now) {
         return Ok(inactive_entry(key, now, cfg));
     }
@@ -235,17 +240,29 @@ pub fn entry_from_members(
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::type_complexity
-    )]
+    #![allow(clippy::type_complexity)]
     use super::*;
     use serde_json::json;
 
+    fn jwt_format() -> Format {
+        config("jwt").introspection.format
+    }
+
+    fn rfc9701_format() -> Format {
+        config("introspection-jwt").introspection.format
+    }
+
+    fn rules(format: &str) -> Rc<JwtRules> {
+        config(format)
+            .introspection
+            .format
+            .jwt_rules()
+            .unwrap()
+            .clone()
+    }
+
     fn config(format: &str) -> Config {
-        let mut v = crate::config::tests::minimal(format);
+        let mut v = crate::config::minimal_config(format);
         v["claim_headers"] =
             json!({"client_id": "x-client-id", "sub": "x-subject", "n": "x-n", "bad": "x-bad"});
         crate::config::parse(v.to_string().as_bytes()).unwrap()
@@ -367,47 +384,52 @@ mod tests {
                 b"",
                 Err(Bad("the introspection answer has an unexpected status")),
             ),
-            (Format::Jwt, Some(200), jwt, Ok(Jwt("aaa.bbb.ccc".into()))),
             (
-                Format::Jwt,
+                jwt_format(),
+                Some(200),
+                jwt,
+                Ok(Jwt("aaa.bbb.ccc".into(), rules("jwt"))),
+            ),
+            (
+                jwt_format(),
                 Some(200),
                 b"aaa.bbb.ccc\n",
-                Ok(Jwt("aaa.bbb.ccc".into())),
+                Ok(Jwt("aaa.bbb.ccc".into(), rules("jwt"))),
             ),
-            (Format::Jwt, Some(204), b"", Ok(Inactive)),
-            (Format::Jwt, Some(200), b"", Ok(Inactive)),
+            (jwt_format(), Some(204), b"", Ok(Inactive)),
+            (jwt_format(), Some(200), b"", Ok(Inactive)),
             (
-                Format::Jwt,
+                jwt_format(),
                 Some(200),
                 b"garbage",
                 Err(Bad("the introspection answer is not a JWT")),
             ),
             (
-                Format::Jwt,
+                jwt_format(),
                 Some(200),
                 b"a.b c.d",
                 Err(Bad("the introspection answer is not a JWT")),
             ),
             (
-                Format::Jwt,
+                jwt_format(),
                 Some(200),
                 &[0xff, b'.', b'.'],
                 Err(Bad("the introspection answer is not a JWT")),
             ),
             (
-                Format::IntrospectionJwt,
+                rfc9701_format(),
                 Some(200),
                 jwt,
-                Ok(Jwt("aaa.bbb.ccc".into())),
+                Ok(Jwt("aaa.bbb.ccc".into(), rules("introspection-jwt"))),
             ),
             (
-                Format::IntrospectionJwt,
+                rfc9701_format(),
                 Some(204),
                 b"",
                 Err(Bad("the introspection answer has an unexpected status")),
             ),
             (
-                Format::IntrospectionJwt,
+                rfc9701_format(),
                 Some(200),
                 b"",
                 Err(Bad("the introspection answer is not a JWT")),
@@ -415,7 +437,7 @@ mod tests {
         ];
         for (format, status, body, expected) in table {
             assert_eq!(
-                classify(format, status, body),
+                classify(&format, status, body),
                 expected,
                 "{format:?} {status:?} {}",
                 String::from_utf8_lossy(body)
@@ -428,24 +450,22 @@ mod tests {
         let m = |v: Value| v.as_object().unwrap().clone();
         let rfc9701 = m(json!({"iss": "x", "token_introspection": {"active": true, "scope": "s"}}));
         assert_eq!(
-            members_of_verified_jwt(Format::IntrospectionJwt, rfc9701),
+            members_of_verified_jwt(&rfc9701_format(), rfc9701),
             Ok(Answer::Members(m(json!({"active": true, "scope": "s"}))))
         );
         let inactive = m(json!({"token_introspection": {"active": false}}));
         assert_eq!(
-            members_of_verified_jwt(Format::IntrospectionJwt, inactive),
+            members_of_verified_jwt(&rfc9701_format(), inactive),
             Ok(Answer::Inactive)
         );
-        assert!(
-            members_of_verified_jwt(Format::IntrospectionJwt, m(json!({"active": true}))).is_err()
-        );
+        assert!(members_of_verified_jwt(&rfc9701_format(), m(json!({"active": true}))).is_err());
         let at = m(json!({"exp": 5, "scope": "s"}));
         assert_eq!(
-            members_of_verified_jwt(Format::Jwt, at.clone()),
+            members_of_verified_jwt(&jwt_format(), at.clone()),
             Ok(Answer::Members(at))
         );
         assert_eq!(
-            members_of_verified_jwt(Format::Jwt, m(json!({"scope": "s"}))),
+            members_of_verified_jwt(&jwt_format(), m(json!({"scope": "s"}))),
             Err(Failure::Bad("the access token JWT has no exp"))
         );
     }

@@ -1,47 +1,40 @@
-//! The root context: parses the configuration once, defines the metrics, creates HTTP contexts.
+//! The root context: parses the configuration once, defines the counters, creates the HTTP
+//! contexts, and on its timer refreshes the worker's clock and hands the metric tally to the host
+//! (so that a cache hit makes neither a clock nor a counter host call).
 
-use crate::cache::{KeyDeriver, LocalCache, TokenKey};
-use crate::config::{self, Config};
-use crate::host::Metrics;
-use crate::http::{Http, Waiter};
-use crate::jwks::KeySet;
-use proxy_wasm::hostcalls;
+use crate::config;
+use crate::host::{Host, ProxyHost};
+use crate::http::Http;
+use crate::metrics;
+use crate::worker::Worker;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType};
-use std::cell::RefCell;
-use std::collections::HashMap;
+use proxy_wasm::types::ContextType;
 use std::rc::Rc;
 
-/// Entries this VM keeps for itself in front of shared data.
-const LOCAL_ENTRIES: usize = 1024;
+/// How often the clock is read and the counters are handed over. The clock has a resolution of
+/// seconds; counters show in `/stats` at most this late.
+pub const TICK_MS: u64 = 100;
 
-/// What every HTTP context of this VM (one worker) shares.
-pub struct Shared {
-    pub config: Config,
-    pub metrics: Metrics,
-    /// Turns a token into its cache key (namespace and configuration fingerprint absorbed once).
-    pub key_deriver: KeyDeriver,
-    pub local: RefCell<LocalCache>,
-    /// Tokens being introspected right now, and the requests waiting for the answer: one call
-    /// per token per worker, however many requests carry it at once.
-    pub inflight: RefCell<HashMap<TokenKey, Vec<Waiter>>>,
-    /// This worker's parsed copy of the key set and when it was fetched.
-    pub keys: RefCell<Option<(u64, Rc<KeySet>)>>,
+pub struct Root<H: Host> {
+    host: H,
+    worker: Option<Rc<Worker>>,
+    /// The host's id of the counter in each tally slot (`None`: the host refused it).
+    counters: Vec<Option<u32>>,
 }
 
-#[derive(Default)]
-pub struct Root {
-    shared: Option<Rc<Shared>>,
-}
+impl<H: Host + Clone> Root<H> {
+    pub fn new(host: H) -> Self {
+        Root {
+            host,
+            worker: None,
+            counters: Vec::new(),
+        }
+    }
 
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let raw = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+    /// Reads and checks the plugin configuration. False refuses it (the proxy then fails the
+    /// filter's start, and an unconfigured filter refuses every request).
+    pub fn configure(&mut self) -> bool {
+        let raw = self.host.plugin_configuration();
         let config = match config::parse(&raw) {
             Ok(c) => c,
             Err(e) => {
@@ -50,36 +43,65 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let metrics = match Metrics::define() {
-            Ok(m) => m,
-            Err(status) => {
-                log::error!("cannot define metrics: {status:?}");
-                return false;
-            }
-        };
+        let counters: Vec<Option<u32>> = metrics::names()
+            .map(|n| self.host.define_counter(&n))
+            .collect();
+        if counters.iter().any(Option::is_none) {
+            log::error!("cannot define the counters");
+            return false;
+        }
         log::info!(
-            "certbound {} configured: format {:?}, configuration fingerprint {}",
+            "certbound {} configured: format {}, configuration fingerprint {}",
             env!("CARGO_PKG_VERSION"),
-            config.introspection.format,
+            config.introspection.format.name(),
             config.fingerprint
         );
-        let local = RefCell::new(LocalCache::new(
-            LOCAL_ENTRIES.min(config.cache.max_entries as usize),
-        ));
-        let key_deriver = KeyDeriver::new(&config.cache.namespace, &config.fingerprint);
-        self.shared = Some(Rc::new(Shared {
-            config,
-            metrics,
-            key_deriver,
-            local,
-            inflight: RefCell::default(),
-            keys: RefCell::default(),
-        }));
+        let worker = Worker::new(config);
+        worker.clock.set(self.host.now());
+        if !self.host.set_tick_period_ms(TICK_MS) {
+            log::error!("cannot start the timer");
+            return false;
+        }
+        self.worker = Some(Rc::new(worker));
+        self.counters = counters;
         true
     }
 
+    /// The timer: the clock for the next requests, and the counts since the last tick.
+    pub fn tick(&self) {
+        let Some(worker) = &self.worker else {
+            return;
+        };
+        worker.clock.set(self.host.now());
+        let counts = match worker.state.try_borrow_mut() {
+            Ok(mut st) if !st.tally.is_empty() => st.tally.take(),
+            _ => return,
+        };
+        for (id, n) in self.counters.iter().zip(counts) {
+            if let (Some(id), 1..) = (id, n) {
+                self.host.increment_counter(*id, n);
+            }
+        }
+    }
+
+    pub fn http_context(&self, context_id: u32) -> Http<H> {
+        Http::new(context_id, self.host.clone(), self.worker.clone())
+    }
+}
+
+impl Context for Root<ProxyHost> {}
+
+impl RootContext for Root<ProxyHost> {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        self.configure()
+    }
+
+    fn on_tick(&mut self) {
+        self.tick();
+    }
+
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http::new(context_id, self.shared.clone())))
+        Some(Box::new(self.http_context(context_id)))
     }
 
     fn get_type(&self) -> Option<ContextType> {

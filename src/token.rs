@@ -11,6 +11,7 @@ pub enum TokenError {
 
 /// The bearer token of a request whose `Authorization` values are `values`
 /// (every header of that name, in order).
+#[inline]
 pub fn bearer_token<S: AsRef<str>>(values: &[S], max_length: usize) -> Result<&str, TokenError> {
     let value = match values {
         [] => return Err(TokenError::Missing),
@@ -35,6 +36,7 @@ pub fn bearer_token<S: AsRef<str>>(values: &[S], max_length: usize) -> Result<&s
 }
 
 /// `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`
+#[inline]
 fn is_b64token(s: &str) -> bool {
     let body = s.trim_end_matches('=');
     !body.is_empty()
@@ -45,7 +47,6 @@ fn is_b64token(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use TokenError::*;
 

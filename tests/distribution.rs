@@ -22,18 +22,14 @@ use sha2::{Digest, Sha256};
 
 use common::http::{Reply as ServerReply, Request, Server};
 use common::{
-    bound_claims, counter, filter_config, get, opaque_token, stats_matching, thumbprint, wasm_path,
-    Behaviour, Envoy, EnvoyOpts, Format, Introspection, RemoteModule, Upstream,
+    bound_claims, counter, filter_config, get, opaque_token, repo, stats_matching, thumbprint,
+    wasm_path, Behaviour, Envoy, EnvoyOpts, Format, Introspection, RemoteModule, Upstream,
 };
 
 const CLIENT: &str = "example.client";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const ISTIO_CLUSTER: &str = "outbound|443||login.example.com";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)

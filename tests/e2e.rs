@@ -7,6 +7,7 @@
 //! wasm, the certificates (CERTS_DIR), the API binary (API_BIN), node and example/idsvr/node_modules.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
 #[path = "e2e/partner.rs"]
 mod partner;
 #[path = "e2e/system.rs"]
@@ -15,8 +16,9 @@ mod system;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::repo;
 use partner::{Answer, Partner};
-use system::{repo, System};
+use system::System;
 
 const FLOW: [&str; 6] = [
     "Client is authenticating with the Identity Server via mutual TLS ...",

@@ -1,6 +1,6 @@
 //! The integration-test harness: real Envoy + the real wasm, a recording upstream, an identity
 //! server double, mTLS clients, `/stats` counters, and an independent RFC 8705 thumbprint.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod envoy;
 pub mod http;
@@ -32,11 +32,11 @@ pub const CLIENT_ID_HEADER: &str = "x-certbound-client-id";
 pub const PROTECTED_PATH: &str = "/api/transactions";
 pub const REQUIRED_SCOPE: &str = "transactions";
 
-fn repo() -> PathBuf {
+pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn env_path(var: &str, default: PathBuf) -> PathBuf {
+pub fn env_path(var: &str, default: PathBuf) -> PathBuf {
     std::env::var_os(var).map(PathBuf::from).unwrap_or(default)
 }
 
@@ -245,6 +245,8 @@ pub fn stats(admin_port: u16) -> HashMap<String, u64> {
 
 /// `GET /stats?filter=<regex>` on the admin port, as name → value.
 pub fn stats_matching(admin_port: u16, filter: &str) -> HashMap<String, u64> {
+    // certbound hands its counts to Envoy on its timer (every 100 ms), not on every request.
+    std::thread::sleep(Duration::from_millis(250));
     let text = envoy::admin_client()
         .get(format!("http://127.0.0.1:{admin_port}/stats"))
         .query(&[("filter", filter)])

@@ -9,7 +9,8 @@ use std::time::Duration;
 use reqwest::blocking::Client;
 use serde_json::Value;
 
-use super::system::{certs_dir, Ports};
+use super::common::certs_dir;
+use super::system::Ports;
 
 /// The host names of the example, each with the port of the front proxy that serves it.
 fn hosts(ports: &Ports) -> [(&'static str, u16); 5] {

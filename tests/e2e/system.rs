@@ -3,32 +3,17 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
 
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::common::{self, certs_dir, free_port, repo};
 
+/// `var` as a path, else `default` below the repository.
 fn env_path(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(default))
-}
-
-pub fn certs_dir() -> PathBuf {
-    env_path("CERTS_DIR", "certs/out")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("find a free port")
+    common::env_path(var, repo().join(default))
 }
 
 /// Fails the test with a message that says how to get what is missing.
@@ -201,19 +186,9 @@ impl System {
         } else {
             self.ports.admin
         };
-        let url = format!("http://127.0.0.1:{port}/stats?filter={filter}");
-        let text = plain_client()
-            .get(url)
-            .send()
-            .and_then(|r| r.text())
-            .expect("Envoy /stats");
-        text.lines()
-            .filter_map(|l| l.split_once(": "))
-            .filter_map(|(k, v)| v.trim().parse().ok().map(|v| (k.to_string(), v)))
-            .collect()
+        common::stats_matching(port, filter)
     }
 
-    /// One Envoy counter by the end of its name (0 while it has never been incremented).
     pub fn envoy_counter(&self, formats: bool, suffix: &str) -> u64 {
         self.envoy_stats(formats, suffix)
             .iter()

@@ -316,7 +316,6 @@ fn introspected(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
     use jwt_simple::reexports::ct_codecs::Encoder;

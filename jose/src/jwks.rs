@@ -1,6 +1,5 @@
 //! The identity server's JSON Web Key Set: parsing, and its copy in shared data.
 
-use crate::cache::SharedStore;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::Deserialize;
@@ -96,33 +95,6 @@ impl KeySet {
     }
 }
 
-/// The key set in shared data, shared by every worker: `fetched_at` (u64 LE) then the raw JWKS.
-pub struct JwksStore<'a> {
-    pub namespace: &'a str,
-    pub fingerprint: &'a str,
-}
-
-impl JwksStore<'_> {
-    fn key(&self) -> String {
-        format!("{}/{}/jwks", self.namespace, self.fingerprint)
-    }
-
-    /// The stored key set and when it was fetched.
-    pub fn load(&self, store: &dyn SharedStore) -> Option<(u64, KeySet)> {
-        let (bytes, _) = store.get(&self.key())?;
-        let (time, raw) = bytes.split_at_checked(8)?;
-        let fetched_at = u64::from_le_bytes(time.try_into().ok()?);
-        Some((fetched_at, KeySet::parse(raw).ok()?))
-    }
-
-    pub fn save(&self, store: &dyn SharedStore, now: u64, raw: &[u8]) {
-        let mut value = Vec::with_capacity(8 + raw.len());
-        value.extend_from_slice(&now.to_le_bytes());
-        value.extend_from_slice(raw);
-        store.set(&self.key(), &value, None);
-    }
-}
-
 /// Whether a key set fetched at `fetched_at` is still fresh enough to use as it is.
 pub fn is_fresh(fetched_at: u64, now: u64, max_age: u64) -> bool {
     now < fetched_at.saturating_add(max_age)
@@ -135,7 +107,6 @@ pub fn may_refetch(fetched_at: u64, now: u64, min_interval: u64) -> bool {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use serde_json::json;
 

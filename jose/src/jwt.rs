@@ -4,10 +4,10 @@
 //! The checks, their order and the error each yields are those of jwt-simple 0.12, which this
 //! module replaced (its signature crates are used directly, for a smaller module).
 
-use crate::config::{Algorithm, JwtRules};
 use crate::jwks::{KeyMaterial, KeySet};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use certbound_config::{Algorithm, JwtRules};
 use rsa::signature::Verifier;
 use rsa::{BigUint, RsaPublicKey};
 use serde::de::Error as _;
@@ -299,73 +299,10 @@ pub fn verify(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
     use super::*;
-    use crate::config::{Endpoint, Jwks};
+    use crate::testing::*;
     use jwt_simple::prelude::*;
-    use std::sync::OnceLock;
-
-    pub const ISSUER: &str = "https://login.example.com";
-    pub const NOW: u64 = 1_800_000_000;
-
-    pub fn ps256() -> &'static PS256KeyPair {
-        static KEY: OnceLock<PS256KeyPair> = OnceLock::new();
-        KEY.get_or_init(|| PS256KeyPair::generate(2048).unwrap().with_key_id("k1"))
-    }
-
-    pub fn key_set() -> KeySet {
-        let c = ps256().public_key().to_components();
-        KeySet::parse(
-            serde_json::json!({"keys": [{"kty": "RSA", "kid": "k1", "alg": "PS256",
-                "n": URL_SAFE_NO_PAD.encode(c.n), "e": URL_SAFE_NO_PAD.encode(c.e)}]})
-            .to_string()
-            .as_bytes(),
-        )
-        .unwrap()
-    }
-
-    pub fn rules(typ: Option<&str>) -> JwtRules {
-        JwtRules {
-            issuer: ISSUER.into(),
-            audiences: vec!["api.example.com".into()],
-            algorithms: vec![Algorithm::PS256],
-            clock_skew_seconds: 60,
-            typ: typ.map(Into::into),
-            jwks: Jwks {
-                endpoint: Endpoint {
-                    cluster: "c".into(),
-                    authority: "a".into(),
-                    path: "/jwks".into(),
-                },
-                max_age_seconds: 300,
-                min_refetch_interval_seconds: 30,
-            },
-        }
-    }
-
-    /// A PS256 JWT signed by the test key with `extra` claims, valid from NOW - 10 to `exp`.
-    pub fn sign(extra: Value, exp: u64, typ: Option<&str>) -> String {
-        let mut claims = JWTClaims {
-            issued_at: Some(Duration::from_secs(NOW - 10)),
-            expires_at: Some(Duration::from_secs(exp)),
-            invalid_before: None,
-            issuer: Some(ISSUER.into()),
-            subject: Some("partner-client".into()),
-            audiences: Some(Audiences::AsString("api.example.com".into())),
-            jwt_id: Some("jti-1".into()),
-            nonce: None,
-            custom: extra,
-        };
-        if exp == 0 {
-            claims.expires_at = None;
-        }
-        let opts = HeaderOptions {
-            signature_type: typ.map(Into::into),
-            ..Default::default()
-        };
-        ps256().sign_with_options(claims, &opts).unwrap()
-    }
 
     fn b64json(v: Value) -> String {
         URL_SAFE_NO_PAD.encode(v.to_string())

@@ -1,0 +1,191 @@
+//! certbound's configuration as validated types: a `Config` can only hold what `parse` accepted,
+//! and what a format needs comes with it (the JWT rules live in the JWT formats). `parse.rs` reads
+//! the plugin's JSON into these types; `docs/config.md` is the reference.
+
+mod parse;
+
+pub use parse::{parse, ConfigError};
+use std::rc::Rc;
+
+/// How the identity server answers an introspection request, with what that answer needs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Format {
+    /// RFC 7662 JSON.
+    Json,
+    /// The phantom-token answer: the body is the JWT access token.
+    Jwt(Rc<JwtRules>),
+    /// RFC 9701: a signed JWT whose `token_introspection` claim holds the RFC 7662 members.
+    IntrospectionJwt(Rc<JwtRules>),
+}
+
+impl Format {
+    /// The name in the configuration.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Jwt(_) => "jwt",
+            Format::IntrospectionJwt(_) => "introspection-jwt",
+        }
+    }
+
+    /// The `Accept` header of the introspection request.
+    pub fn accept(&self) -> &'static str {
+        match self {
+            Format::Json => "application/json",
+            Format::Jwt(_) => "application/jwt",
+            Format::IntrospectionJwt(_) => "application/token-introspection+jwt",
+        }
+    }
+
+    /// How returned JWTs are verified; `None` for `json`, which returns none.
+    pub fn jwt_rules(&self) -> Option<&Rc<JwtRules>> {
+        match self {
+            Format::Json => None,
+            Format::Jwt(rules) | Format::IntrospectionJwt(rules) => Some(rules),
+        }
+    }
+}
+
+/// Signature algorithms a returned JWT may use. `none` and HMAC are not representable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    PS256,
+    RS256,
+    ES256,
+    EdDSA,
+}
+
+impl Algorithm {
+    pub const ALL: [Algorithm; 4] = [
+        Algorithm::PS256,
+        Algorithm::RS256,
+        Algorithm::ES256,
+        Algorithm::EdDSA,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::PS256 => "PS256",
+            Algorithm::RS256 => "RS256",
+            Algorithm::ES256 => "ES256",
+            Algorithm::EdDSA => "EdDSA",
+        }
+    }
+}
+
+/// An upstream endpoint reached with a dispatched call: an Envoy cluster, authority and path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Introspection {
+    pub format: Format,
+    pub endpoint: Endpoint,
+    pub client_id: String,
+    pub client_secret: String,
+    pub timeout_ms: u64,
+    pub max_body_bytes: usize,
+}
+
+/// Where the key set is fetched, and how its call is bounded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Jwks {
+    pub endpoint: Endpoint,
+    pub timeout_ms: u64,
+    pub max_body_bytes: usize,
+    pub max_age_seconds: u64,
+    pub min_refetch_interval_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JwtRules {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub clock_skew_seconds: u64,
+    pub typ: Option<String>,
+    pub jwks: Jwks,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheSettings {
+    pub namespace: String,
+    pub max_entries: u32,
+    pub max_ttl_seconds: u64,
+    pub negative_ttl_seconds: u64,
+}
+
+/// What a request must satisfy once its token is known to be active.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub required_scopes: Vec<String>,
+    pub require_binding: bool,
+    pub allowed_client_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub path_prefix: String,
+    pub methods: Vec<String>,
+    pub policy: Policy,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub realm: String,
+    pub max_token_length: usize,
+    pub introspection: Introspection,
+    pub cache: CacheSettings,
+    /// (claim name, lower-case header name), in a stable order.
+    pub claim_headers: Vec<(String, String)>,
+    pub default_policy: Policy,
+    pub routes: Vec<Route>,
+    /// Hex SHA-256 prefix of the raw configuration: keys in shared data include it, so a new
+    /// configuration never reads entries made under an old one.
+    pub fingerprint: String,
+}
+
+impl Config {
+    /// The route a request falls under: the first whose prefix and method match.
+    // Inline: these run on every request, and this crate is built for size.
+    #[inline]
+    pub fn route_for(&self, method: &str, path: &str) -> Option<usize> {
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        self.routes.iter().position(|r| {
+            path.starts_with(&r.path_prefix)
+                && (r.methods.is_empty() || r.methods.iter().any(|m| m == method))
+        })
+    }
+
+    /// The policy of a route from `route_for`, or the default policy.
+    #[inline]
+    pub fn policy(&self, route: Option<usize>) -> &Policy {
+        route
+            .and_then(|i| self.routes.get(i))
+            .map_or(&self.default_policy, |r| &r.policy)
+    }
+}
+
+/// The smallest valid configuration of each format (`json`, `jwt`, `introspection-jwt`), as the
+/// filter's tests start from it.
+#[cfg(any(test, feature = "test-support"))]
+pub fn minimal_config(format: &str) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "introspection": {
+            "format": format, "cluster": "idsvr", "authority": "login.example.com",
+            "path": "/introspect", "client_id": "introspect-client", "client_secret": "s3cret"
+        }
+    });
+    if format != "json" {
+        v["jwt"] = serde_json::json!({
+            "issuer": "https://login.example.com",
+            "audiences": ["api.example.com"],
+            "jwks": {"cluster": "idsvr", "authority": "login.example.com", "path": "/jwks"}
+        });
+    }
+    v
+}

@@ -1,0 +1,416 @@
+//! Reading the plugin's JSON into the validated types: one function per section, each error
+//! naming its field and never echoing a value.
+
+use crate::*;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+// ---- the wire shape: serde structs that reject unknown fields ----
+// Sections are kept as `Value` first and read one by one, so that an error names its section
+// (`jwt.jwks: unknown field ...`) without a path-tracking deserializer.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    realm: Option<String>,
+    max_token_length: Option<usize>,
+    introspection: Option<Value>,
+    jwt: Option<Value>,
+    cache: Option<Value>,
+    #[serde(default)]
+    claim_headers: BTreeMap<String, String>,
+    default_policy: Option<Value>,
+    #[serde(default)]
+    routes: Vec<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntrospection {
+    format: Option<String>,
+    cluster: Option<String>,
+    authority: Option<String>,
+    path: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    timeout_ms: Option<u64>,
+    max_body_bytes: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawJwt {
+    issuer: Option<String>,
+    audiences: Option<Vec<String>>,
+    algorithms: Option<Vec<String>>,
+    clock_skew_seconds: Option<u64>,
+    typ: Option<String>,
+    jwks: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwks {
+    cluster: Option<String>,
+    authority: Option<String>,
+    path: Option<String>,
+    timeout_ms: Option<u64>,
+    max_body_bytes: Option<usize>,
+    max_age_seconds: Option<u64>,
+    min_refetch_interval_seconds: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    namespace: Option<String>,
+    max_entries: Option<u32>,
+    max_ttl_seconds: Option<u64>,
+    negative_ttl_seconds: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    required_scopes: Vec<String>,
+    require_binding: Option<bool>,
+    #[serde(default)]
+    allowed_client_ids: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    path_prefix: Option<String>,
+    #[serde(default)]
+    methods: Vec<String>,
+    #[serde(default)]
+    required_scopes: Vec<String>,
+    require_binding: Option<bool>,
+    #[serde(default)]
+    allowed_client_ids: Vec<String>,
+}
+
+/// A configuration error; the message starts with the field it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+fn err<T>(field: &str, why: &str) -> Result<T> {
+    Err(ConfigError(format!("{field}: {why}")))
+}
+
+/// Parses and validates the plugin configuration.
+pub fn parse(raw: &[u8]) -> Result<Config> {
+    let c: RawConfig =
+        serde_json::from_slice(raw).map_err(|e| ConfigError(format!("configuration: {e}")))?;
+    let Some(i) = section::<RawIntrospection>(c.introspection, "introspection")? else {
+        return err("introspection", "is required");
+    };
+    let digest = Sha256::digest(raw);
+    Ok(Config {
+        realm: realm(c.realm)?,
+        max_token_length: max_token_length(c.max_token_length)?,
+        introspection: introspection(i, c.jwt)?,
+        cache: cache(section(c.cache, "cache")?.unwrap_or_default())?,
+        claim_headers: claim_headers(c.claim_headers)?,
+        default_policy: default_policy(c.default_policy)?,
+        routes: routes(c.routes)?,
+        fingerprint: digest[..8].iter().map(|b| format!("{b:02x}")).collect(),
+    })
+}
+
+fn realm(value: Option<String>) -> Result<String> {
+    match value {
+        Some(r) if r.is_empty() || r.contains(['"', '\\']) => err(
+            "realm",
+            "must be non-empty and contain no quote or backslash",
+        ),
+        Some(r) => Ok(r),
+        None => Ok("certbound".to_string()),
+    }
+}
+
+fn max_token_length(value: Option<usize>) -> Result<usize> {
+    match value.unwrap_or(4096) {
+        n @ 1..=65536 => Ok(n),
+        _ => err("max_token_length", "must be between 1 and 65536"),
+    }
+}
+
+/// `introspection`, and with a JWT format the `jwt` section it needs.
+fn introspection(i: RawIntrospection, jwt: Option<Value>) -> Result<Introspection> {
+    let client_id = required(i.client_id, "introspection.client_id")?;
+    let format = match (i.format.as_deref(), jwt) {
+        (None, _) => return err("introspection.format", "is required"),
+        (Some("json"), None) => Format::Json,
+        (Some("json"), Some(_)) => return err("jwt", "is only used by the JWT formats"),
+        (Some("jwt" | "introspection-jwt"), None) => {
+            return err("jwt", "is required for the JWT formats")
+        }
+        (Some("jwt"), Some(j)) => Format::Jwt(jwt_rules(j, None)?.into()),
+        (Some("introspection-jwt"), Some(j)) => {
+            Format::IntrospectionJwt(jwt_rules(j, Some(&client_id))?.into())
+        }
+        (Some(other), _) => {
+            return err(
+                "introspection.format",
+                &format!("unknown format `{other}`, expected json, jwt or introspection-jwt"),
+            )
+        }
+    };
+    Ok(Introspection {
+        format,
+        endpoint: Endpoint {
+            cluster: required(i.cluster, "introspection.cluster")?,
+            authority: required(i.authority, "introspection.authority")?,
+            path: path(i.path, "introspection.path")?,
+        },
+        client_id,
+        client_secret: required(i.client_secret, "introspection.client_secret")?,
+        timeout_ms: positive(i.timeout_ms, 2000, "introspection.timeout_ms")?,
+        max_body_bytes: body_limit(i.max_body_bytes, "introspection.max_body_bytes")?,
+    })
+}
+
+/// `jwt`. `introspecting_client` is given for RFC 9701, whose answers are addressed to the
+/// introspecting client (the default audience) and always typed `token-introspection+jwt`.
+fn jwt_rules(value: Value, introspecting_client: Option<&str>) -> Result<JwtRules> {
+    let j: RawJwt = section(Some(value), "jwt")?.unwrap_or_default();
+    let audiences = match (j.audiences, introspecting_client) {
+        (Some(a), _) if a.is_empty() || a.iter().any(|s| s.is_empty()) => {
+            return err("jwt.audiences", "must list non-empty audiences")
+        }
+        (Some(a), _) => a,
+        (None, Some(client)) => vec![client.to_string()],
+        (None, None) => return err("jwt.audiences", "is required for format jwt"),
+    };
+    let mut algorithms = Vec::new();
+    for name in j.algorithms.unwrap_or_else(|| vec!["PS256".into()]) {
+        let Some(alg) = Algorithm::ALL.into_iter().find(|a| a.name() == name) else {
+            return err(
+                "jwt.algorithms",
+                &format!("`{name}` is not allowed, expected PS256, RS256, ES256 or EdDSA"),
+            );
+        };
+        algorithms.push(alg);
+    }
+    if algorithms.is_empty() {
+        return err("jwt.algorithms", "must list at least one algorithm");
+    }
+    let typ = match (introspecting_client, j.typ) {
+        (Some(_), Some(_)) => {
+            return err(
+                "jwt.typ",
+                "is fixed to token-introspection+jwt for introspection-jwt",
+            )
+        }
+        (Some(_), None) => Some("token-introspection+jwt".to_string()),
+        (None, typ) => typ,
+    };
+    let clock_skew_seconds = j.clock_skew_seconds.unwrap_or(60);
+    if clock_skew_seconds > 600 {
+        return err("jwt.clock_skew_seconds", "must be at most 600");
+    }
+    let Some(k) = section::<RawJwks>(j.jwks, "jwt.jwks")? else {
+        return err("jwt.jwks", "is required");
+    };
+    Ok(JwtRules {
+        issuer: required(j.issuer, "jwt.issuer")?,
+        audiences,
+        algorithms,
+        clock_skew_seconds,
+        typ,
+        jwks: jwks(k)?,
+    })
+}
+
+fn jwks(k: RawJwks) -> Result<Jwks> {
+    Ok(Jwks {
+        endpoint: Endpoint {
+            cluster: required(k.cluster, "jwt.jwks.cluster")?,
+            authority: required(k.authority, "jwt.jwks.authority")?,
+            path: path(k.path, "jwt.jwks.path")?,
+        },
+        timeout_ms: positive(k.timeout_ms, 2000, "jwt.jwks.timeout_ms")?,
+        max_body_bytes: body_limit(k.max_body_bytes, "jwt.jwks.max_body_bytes")?,
+        max_age_seconds: positive(k.max_age_seconds, 300, "jwt.jwks.max_age_seconds")?,
+        min_refetch_interval_seconds: positive(
+            k.min_refetch_interval_seconds,
+            30,
+            "jwt.jwks.min_refetch_interval_seconds",
+        )?,
+    })
+}
+
+fn cache(rc: RawCache) -> Result<CacheSettings> {
+    let namespace = rc.namespace.unwrap_or_else(|| "certbound".to_string());
+    if namespace.is_empty() || namespace.contains('/') {
+        return err("cache.namespace", "must be non-empty and contain no '/'");
+    }
+    let max_entries = rc.max_entries.unwrap_or(10_000);
+    if !(1..=1_000_000).contains(&max_entries) {
+        return err("cache.max_entries", "must be between 1 and 1000000");
+    }
+    Ok(CacheSettings {
+        namespace,
+        max_entries,
+        max_ttl_seconds: positive(rc.max_ttl_seconds, 300, "cache.max_ttl_seconds")?,
+        negative_ttl_seconds: positive(rc.negative_ttl_seconds, 10, "cache.negative_ttl_seconds")?,
+    })
+}
+
+fn claim_headers(map: BTreeMap<String, String>) -> Result<Vec<(String, String)>> {
+    let mut claim_headers: Vec<(String, String)> = Vec::new();
+    for (claim, header) in map {
+        let field = format!("claim_headers.{claim}");
+        if claim.is_empty() {
+            return err("claim_headers", "claim names must not be empty");
+        }
+        let h = header_name(&header, &field)?;
+        if claim_headers.iter().any(|(_, existing)| existing == &h) {
+            return err(&field, "names a header already used by another claim");
+        }
+        claim_headers.push((claim, h));
+    }
+    Ok(claim_headers)
+}
+
+fn default_policy(value: Option<Value>) -> Result<Policy> {
+    let dp: RawPolicy = section(value, "default_policy")?.unwrap_or_default();
+    policy(
+        dp.required_scopes,
+        dp.require_binding,
+        dp.allowed_client_ids,
+        "default_policy",
+    )
+}
+
+fn routes(list: Vec<Value>) -> Result<Vec<Route>> {
+    let mut routes = Vec::new();
+    for (n, r) in list.into_iter().enumerate() {
+        let field = format!("routes[{n}]");
+        let Some(r) = section::<RawRoute>(Some(r), &field)? else {
+            continue;
+        };
+        let path_prefix = path(r.path_prefix, &format!("{field}.path_prefix"))?;
+        for m in &r.methods {
+            if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+                return err(
+                    &format!("{field}.methods"),
+                    "methods are upper-case tokens like GET",
+                );
+            }
+        }
+        routes.push(Route {
+            path_prefix,
+            methods: r.methods,
+            policy: policy(
+                r.required_scopes,
+                r.require_binding,
+                r.allowed_client_ids,
+                &field,
+            )?,
+        });
+    }
+    Ok(routes)
+}
+
+// ---- the checks the sections share ----
+
+/// Deserializes one section, so that its errors name it.
+fn section<T: DeserializeOwned>(value: Option<Value>, field: &str) -> Result<Option<T>> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => serde_json::from_value(v)
+            .map(Some)
+            .map_err(|e| ConfigError(format!("{field}: {e}"))),
+    }
+}
+
+fn required(value: Option<String>, field: &str) -> Result<String> {
+    match value {
+        Some(v) if !v.trim().is_empty() => Ok(v),
+        Some(_) => err(field, "must not be empty"),
+        None => err(field, "is required"),
+    }
+}
+
+fn path(value: Option<String>, field: &str) -> Result<String> {
+    let p = required(value, field)?;
+    if !p.starts_with('/') {
+        return err(field, "must start with '/'");
+    }
+    Ok(p)
+}
+
+fn positive(value: Option<u64>, default: u64, field: &str) -> Result<u64> {
+    match value.unwrap_or(default) {
+        0 => err(field, "must be greater than 0"),
+        v => Ok(v),
+    }
+}
+
+/// The largest answer body read from a call: 64 KiB unless configured, at most 16 MiB.
+fn body_limit(value: Option<usize>, field: &str) -> Result<usize> {
+    match value.unwrap_or(65536) {
+        0 => err(field, "must be greater than 0"),
+        n if n > 16 * 1024 * 1024 => err(field, "must be at most 16 MiB"),
+        n => Ok(n),
+    }
+}
+
+/// An HTTP header name as RFC 9110 token characters, returned lower-case.
+fn header_name(name: &str, field: &str) -> Result<String> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !ok {
+        return err(field, "is not a valid HTTP header name");
+    }
+    let lower = name.to_ascii_lowercase();
+    if lower == "authorization" || lower == "host" {
+        return err(field, "must not name a header the proxy owns");
+    }
+    Ok(lower)
+}
+
+fn scopes(list: Vec<String>, field: &str) -> Result<Vec<String>> {
+    for s in &list {
+        if s.is_empty()
+            || s.bytes()
+                .any(|b| b <= b' ' || b == b'"' || b == b'\\' || b >= 0x7f)
+        {
+            return err(field, "scope values must be RFC 6749 scope tokens");
+        }
+    }
+    Ok(list)
+}
+
+fn policy(
+    required_scopes: Vec<String>,
+    require_binding: Option<bool>,
+    allowed_client_ids: Vec<String>,
+    field: &str,
+) -> Result<Policy> {
+    Ok(Policy {
+        required_scopes: scopes(required_scopes, &format!("{field}.required_scopes"))?,
+        require_binding: require_binding.unwrap_or(true),
+        allowed_client_ids,
+    })
+}
+
+#[cfg(test)]
+mod tests;

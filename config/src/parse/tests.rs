@@ -1,0 +1,354 @@
+//! Every section's defaults and every bad configuration, as tables.
+
+use crate::*;
+use serde_json::{json, Value};
+
+fn minimal(format: &str) -> Value {
+    minimal_config(format)
+}
+
+fn parse_value(v: &Value) -> Result<Config, ConfigError> {
+    parse(v.to_string().as_bytes())
+}
+
+#[test]
+fn minimal_configs_get_the_documented_defaults() {
+    let c = parse_value(&minimal("jwt")).unwrap();
+    assert_eq!(c.realm, "certbound");
+    assert_eq!(c.max_token_length, 4096);
+    assert_eq!(c.introspection.timeout_ms, 2000);
+    assert_eq!(c.introspection.max_body_bytes, 65536);
+    let j = c.introspection.format.jwt_rules().unwrap();
+    assert_eq!(j.algorithms, vec![Algorithm::PS256]);
+    assert_eq!(j.clock_skew_seconds, 60);
+    assert_eq!(j.typ, None);
+    assert_eq!(j.jwks.max_age_seconds, 300);
+    assert_eq!(c.cache.max_entries, 10_000);
+    assert_eq!(c.cache.negative_ttl_seconds, 10);
+    assert!(c.default_policy.require_binding);
+    assert_eq!(c.fingerprint.len(), 16);
+
+    assert_eq!(j.jwks.timeout_ms, 2000);
+    assert_eq!(j.jwks.max_body_bytes, 65536);
+    let c = parse_value(&minimal("json")).unwrap();
+    assert_eq!(c.introspection.format, Format::Json);
+
+    let mut v = minimal("introspection-jwt");
+    v["jwt"].as_object_mut().unwrap().remove("audiences");
+    let c = parse_value(&v).unwrap();
+    let j = c.introspection.format.jwt_rules().unwrap();
+    assert_eq!(j.audiences, vec!["introspect-client".to_string()]);
+    assert_eq!(j.typ.as_deref(), Some("token-introspection+jwt"));
+}
+
+#[test]
+fn every_bad_configuration_names_its_field() {
+    type Edit = fn(&mut Value);
+    let table: Vec<(&str, Edit, &str)> = vec![
+        (
+            "json",
+            |v| v["bogus"] = json!(1),
+            "configuration: unknown field `bogus`",
+        ),
+        (
+            "json",
+            |v| v["introspection"]["bogus"] = json!(1),
+            "introspection: unknown field `bogus`",
+        ),
+        (
+            "json",
+            |v| v["introspection"]["format"] = json!("xml"),
+            "introspection.format: unknown format `xml`",
+        ),
+        (
+            "json",
+            |v| {
+                v.as_object_mut().unwrap().remove("introspection");
+            },
+            "introspection: is required",
+        ),
+        (
+            "json",
+            |v| {
+                v["introspection"].as_object_mut().unwrap().remove("format");
+            },
+            "introspection.format: is required",
+        ),
+        (
+            "json",
+            |v| {
+                v["introspection"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("cluster");
+            },
+            "introspection.cluster: is required",
+        ),
+        (
+            "json",
+            |v| v["introspection"]["authority"] = json!(""),
+            "introspection.authority: must not be empty",
+        ),
+        (
+            "json",
+            |v| v["introspection"]["path"] = json!("introspect"),
+            "introspection.path: must start with '/'",
+        ),
+        (
+            "json",
+            |v| {
+                v["introspection"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("client_id");
+            },
+            "introspection.client_id: is required",
+        ),
+        (
+            "json",
+            |v| {
+                v["introspection"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("client_secret");
+            },
+            "introspection.client_secret: is required",
+        ),
+        (
+            "json",
+            |v| v["introspection"]["timeout_ms"] = json!(0),
+            "introspection.timeout_ms: must be greater than 0",
+        ),
+        (
+            "json",
+            |v| v["introspection"]["max_body_bytes"] = json!(0),
+            "introspection.max_body_bytes: must be greater than 0",
+        ),
+        (
+            "json",
+            |v| v["max_token_length"] = json!(0),
+            "max_token_length: must be between",
+        ),
+        (
+            "json",
+            |v| v["jwt"] = json!({}),
+            "jwt: is only used by the JWT formats",
+        ),
+        (
+            "jwt",
+            |v| {
+                v.as_object_mut().unwrap().remove("jwt");
+            },
+            "jwt: is required for the JWT formats",
+        ),
+        (
+            "jwt",
+            |v| {
+                v["jwt"].as_object_mut().unwrap().remove("issuer");
+            },
+            "jwt.issuer: is required",
+        ),
+        (
+            "jwt",
+            |v| {
+                v["jwt"].as_object_mut().unwrap().remove("audiences");
+            },
+            "jwt.audiences: is required for format jwt",
+        ),
+        (
+            "jwt",
+            |v| v["jwt"]["audiences"] = json!([]),
+            "jwt.audiences: must list non-empty audiences",
+        ),
+        (
+            "jwt",
+            |v| v["jwt"]["algorithms"] = json!([]),
+            "jwt.algorithms: must list at least one",
+        ),
+        (
+            "jwt",
+            |v| v["jwt"]["algorithms"] = json!(["none"]),
+            "jwt.algorithms: `none` is not allowed",
+        ),
+        (
+            "jwt",
+            |v| v["jwt"]["algorithms"] = json!(["HS256"]),
+            "jwt.algorithms: `HS256` is not allowed",
+        ),
+        (
+            "jwt",
+            |v| v["jwt"]["clock_skew_seconds"] = json!(3600),
+            "jwt.clock_skew_seconds: must be at most 600",
+        ),
+        (
+            "jwt",
+            |v| {
+                v["jwt"].as_object_mut().unwrap().remove("jwks");
+            },
+            "jwt.jwks: is required",
+        ),
+        (
+            "jwt",
+            |v| {
+                v["jwt"]["jwks"].as_object_mut().unwrap().remove("cluster");
+            },
+            "jwt.jwks.cluster: is required",
+        ),
+        (
+            "jwt",
+            |v| v["jwt"]["jwks"]["bogus"] = json!(1),
+            "jwt.jwks: unknown field `bogus`",
+        ),
+        (
+            "json",
+            |v| v["introspection"]["timeout_ms"] = json!("fast"),
+            "introspection: invalid type",
+        ),
+        (
+            "jwt",
+            |v| v["jwt"]["jwks"]["path"] = json!("jwks"),
+            "jwt.jwks.path: must start with '/'",
+        ),
+        (
+            "jwt",
+            |v| v["jwt"]["jwks"]["timeout_ms"] = json!(0),
+            "jwt.jwks.timeout_ms: must be greater than 0",
+        ),
+        (
+            "jwt",
+            |v| v["jwt"]["jwks"]["max_body_bytes"] = json!(17 * 1024 * 1024),
+            "jwt.jwks.max_body_bytes: must be at most 16 MiB",
+        ),
+        (
+            "introspection-jwt",
+            |v| {
+                v.as_object_mut().unwrap().remove("jwt");
+            },
+            "jwt: is required for the JWT formats",
+        ),
+        (
+            "jwt",
+            |v| v["jwt"]["jwks"]["max_age_seconds"] = json!(0),
+            "jwt.jwks.max_age_seconds: must be greater than 0",
+        ),
+        (
+            "jwt",
+            |v| v["jwt"]["jwks"]["min_refetch_interval_seconds"] = json!(0),
+            "jwt.jwks.min_refetch_interval_seconds: must be greater than 0",
+        ),
+        (
+            "introspection-jwt",
+            |v| v["jwt"]["typ"] = json!("JWT"),
+            "jwt.typ: is fixed",
+        ),
+        (
+            "json",
+            |v| v["cache"] = json!({"max_entries": 0}),
+            "cache.max_entries: must be between",
+        ),
+        (
+            "json",
+            |v| v["cache"] = json!({"namespace": "a/b"}),
+            "cache.namespace: must be non-empty",
+        ),
+        (
+            "json",
+            |v| v["cache"] = json!({"max_ttl_seconds": 0}),
+            "cache.max_ttl_seconds: must be greater than 0",
+        ),
+        (
+            "json",
+            |v| v["cache"] = json!({"negative_ttl_seconds": 0}),
+            "cache.negative_ttl_seconds: must be greater than 0",
+        ),
+        (
+            "json",
+            |v| v["cache"] = json!({"size": 1}),
+            "cache: unknown field `size`",
+        ),
+        (
+            "json",
+            |v| v["claim_headers"] = json!({"sub": "bad header"}),
+            "claim_headers.sub: is not a valid HTTP header name",
+        ),
+        (
+            "json",
+            |v| v["claim_headers"] = json!({"sub": "Authorization"}),
+            "claim_headers.sub: must not name a header the proxy owns",
+        ),
+        (
+            "json",
+            |v| v["claim_headers"] = json!({"sub": "x-a", "client_id": "X-A"}),
+            "claim_headers.sub: names a header already used",
+        ),
+        (
+            "json",
+            |v| v["default_policy"] = json!({"required_scopes": ["a b"]}),
+            "default_policy.required_scopes: scope values",
+        ),
+        (
+            "json",
+            |v| v["routes"] = json!([{"methods": ["GET"]}]),
+            "routes[0].path_prefix: is required",
+        ),
+        (
+            "json",
+            |v| {
+                v["routes"] =
+                    json!([{"path_prefix": "/a"}, {"path_prefix": "/b", "methods": ["get"]}])
+            },
+            "routes[1].methods: methods are upper-case",
+        ),
+        (
+            "json",
+            |v| v["routes"] = json!([{"path_prefix": "/a", "scopes": []}]),
+            "routes[0]: unknown field `scopes`",
+        ),
+        (
+            "json",
+            |v| v["realm"] = json!("a\"b"),
+            "realm: must be non-empty",
+        ),
+    ];
+    for (format, edit, expected) in table {
+        let mut v = minimal(format);
+        edit(&mut v);
+        let e = parse_value(&v).expect_err(expected);
+        assert!(
+            e.0.contains(expected),
+            "expected `{expected}`, got `{}`",
+            e.0
+        );
+    }
+    assert!(parse(b"not json").is_err());
+}
+
+#[test]
+fn routes_match_by_prefix_then_method_else_default() {
+    let mut v = minimal("json");
+    v["routes"] = json!([
+        {"path_prefix": "/api/transactions", "methods": ["POST"], "required_scopes": ["write"]},
+        {"path_prefix": "/api/", "required_scopes": ["read"], "require_binding": false}
+    ]);
+    let c = parse_value(&v).unwrap();
+    let policy_for = |m, p| c.policy(c.route_for(m, p));
+    assert_eq!(
+        policy_for("POST", "/api/transactions?x=1").required_scopes,
+        ["write"]
+    );
+    assert_eq!(
+        policy_for("GET", "/api/transactions").required_scopes,
+        ["read"]
+    );
+    assert!(!policy_for("GET", "/api/transactions").require_binding);
+    assert!(policy_for("GET", "/health").required_scopes.is_empty());
+    assert!(policy_for("GET", "/health").require_binding);
+}
+
+#[test]
+fn fingerprint_changes_with_the_configuration() {
+    let a = parse_value(&minimal("json")).unwrap().fingerprint;
+    let mut v = minimal("json");
+    v["realm"] = json!("other");
+    assert_ne!(a, parse_value(&v).unwrap().fingerprint);
+}

@@ -1,0 +1,384 @@
+//! An in-process proxy for native tests: a `Host` that keeps streams, shared data, calls and
+//! counters in memory, and `Proxy`, which drives the real root and HTTP contexts through it as a
+//! proxy would. Tests assert outcomes (replies, forwarded headers, calls, counters), never the
+//! order of host calls.
+
+use crate::binding::Thumbprint;
+use crate::cache::SharedStore;
+use crate::deny::Reply;
+use crate::flow::{Call, CallAnswer};
+use crate::headers::Headers;
+use crate::host::Host;
+use crate::http::Http;
+use crate::root::Root;
+use proxy_wasm::types::Action;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// One request as the proxy sees it.
+#[derive(Debug, Default, Clone)]
+pub struct Stream {
+    /// The request headers, as the upstream would get them.
+    pub headers: Vec<(String, String)>,
+    /// `connection.<name>` properties.
+    pub properties: HashMap<String, Vec<u8>>,
+    pub replies: Vec<Reply>,
+    /// Continued at once, or resumed after a pause.
+    pub forwarded: bool,
+    pub gone: bool,
+}
+
+/// The answer the proxy is delivering right now.
+#[derive(Debug, Clone)]
+struct Delivery {
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+pub struct State {
+    pub configuration: Vec<u8>,
+    pub now: u64,
+    pub shared: HashMap<String, (Vec<u8>, u32)>,
+    pub streams: HashMap<u32, Stream>,
+    current: u32,
+    /// Every call sent, with the context that sent it.
+    pub calls: Vec<(u32, Call)>,
+    /// Makes `dispatch` fail (an unknown cluster).
+    pub refuse_dispatch: bool,
+    delivery: Option<Delivery>,
+    pub counter_names: Vec<String>,
+    pub counters: HashMap<u32, u64>,
+    pub tick_ms: Option<u64>,
+}
+
+#[derive(Clone, Default)]
+pub struct FakeHost(pub Rc<RefCell<State>>);
+
+impl FakeHost {
+    fn with_stream<T>(&self, f: impl FnOnce(&mut Stream) -> T) -> Option<T> {
+        let mut s = self.0.borrow_mut();
+        let current = s.current;
+        s.streams.get_mut(&current).map(f)
+    }
+}
+
+impl SharedStore for FakeHost {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
+        let s = self.0.borrow();
+        s.shared.get(key).map(|(v, cas)| (v.clone(), Some(*cas)))
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        let mut s = self.0.borrow_mut();
+        let current = s.shared.get(key).map(|(_, c)| *c);
+        if cas.is_some() && cas != current {
+            return false;
+        }
+        let next = current.unwrap_or(0) + 1;
+        s.shared.insert(key.to_string(), (value.to_vec(), next));
+        true
+    }
+}
+
+impl Host for FakeHost {
+    fn plugin_configuration(&self) -> Vec<u8> {
+        self.0.borrow().configuration.clone()
+    }
+
+    fn now(&self) -> u64 {
+        self.0.borrow().now
+    }
+
+    fn request_headers(&self) -> Headers {
+        let pairs = self
+            .with_stream(|st| st.headers.clone())
+            .unwrap_or_default();
+        let pairs: Vec<(&[u8], &[u8])> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+            .collect();
+        Headers::from_serialized(Headers::serialize(&pairs))
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        let ["connection", name] = path else {
+            return None;
+        };
+        self.with_stream(|st| st.properties.get(*name).cloned())
+            .flatten()
+    }
+
+    fn set_request_header(&self, name: &str, value: Option<&str>) -> bool {
+        self.with_stream(|st| {
+            st.headers.retain(|(k, _)| k != name);
+            if let Some(v) = value {
+                st.headers.push((name.to_string(), v.to_string()));
+            }
+        })
+        .is_some()
+    }
+
+    fn send_reply(&self, reply: &Reply) {
+        self.with_stream(|st| st.replies.push(reply.clone()));
+    }
+
+    fn resume_request(&self) {
+        self.with_stream(|st| st.forwarded = true);
+    }
+
+    fn set_effective_context(&self, context_id: u32) -> bool {
+        let mut s = self.0.borrow_mut();
+        let alive = s.streams.get(&context_id).is_some_and(|st| !st.gone);
+        if alive {
+            s.current = context_id;
+        }
+        alive
+    }
+
+    fn dispatch(&self, call: &Call) -> Result<u32, String> {
+        let mut s = self.0.borrow_mut();
+        if s.refuse_dispatch {
+            return Err("BadArgument".into());
+        }
+        let current = s.current;
+        s.calls.push((current, call.clone()));
+        Ok(s.calls.len() as u32)
+    }
+
+    fn call_answer(&self, headers: usize, body_size: usize, max_body: usize) -> CallAnswer {
+        let Some(d) = self.0.borrow().delivery.clone() else {
+            return CallAnswer::failed();
+        };
+        if headers == 0 {
+            return CallAnswer::failed();
+        }
+        let header = |name: &str| {
+            d.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        CallAnswer {
+            status: header(":status").and_then(|s| s.parse().ok()),
+            cache_control: header("cache-control"),
+            body: (body_size <= max_body).then(|| d.body.clone()),
+        }
+    }
+
+    fn define_counter(&self, name: &str) -> Option<u32> {
+        let mut s = self.0.borrow_mut();
+        s.counter_names.push(name.to_string());
+        Some(s.counter_names.len() as u32 - 1)
+    }
+
+    fn increment_counter(&self, id: u32, by: u64) {
+        *self.0.borrow_mut().counters.entry(id).or_default() += by;
+    }
+
+    fn set_tick_period_ms(&self, ms: u64) -> bool {
+        self.0.borrow_mut().tick_ms = Some(ms);
+        true
+    }
+}
+
+/// What became of a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fate {
+    /// It reached the upstream with these headers.
+    Forwarded(Vec<(String, String)>),
+    /// It was answered locally.
+    Replied(Reply),
+    /// It is still paused.
+    Paused,
+}
+
+/// The proxy: one worker's root context and its HTTP contexts, over a `FakeHost`.
+pub struct Proxy {
+    pub host: FakeHost,
+    root: Root<FakeHost>,
+    contexts: HashMap<u32, Http<FakeHost>>,
+    next_id: u32,
+}
+
+impl Proxy {
+    /// A worker configured with `configuration` at unix time `now`; panics if it is refused.
+    pub fn new(configuration: &serde_json::Value, now: u64) -> Proxy {
+        Self::try_new(configuration, now).expect("the configuration is accepted")
+    }
+
+    pub fn try_new(configuration: &serde_json::Value, now: u64) -> Option<Proxy> {
+        let host = FakeHost::default();
+        {
+            let mut s = host.0.borrow_mut();
+            s.configuration = configuration.to_string().into_bytes();
+            s.now = now;
+        }
+        let mut root = Root::new(host.clone());
+        root.configure().then_some(Proxy {
+            host,
+            root,
+            contexts: HashMap::new(),
+            next_id: 2,
+        })
+    }
+
+    /// A worker whose configuration was refused (or never given): its contexts still exist.
+    pub fn unconfigured() -> Proxy {
+        let host = FakeHost::default();
+        Proxy {
+            root: Root::new(host.clone()),
+            host,
+            contexts: HashMap::new(),
+            next_id: 2,
+        }
+    }
+
+    /// A new request with `headers` on a connection that presented `cert` (none: no certificate).
+    pub fn request(&mut self, headers: &[(&str, &str)], cert: Option<Thumbprint>) -> u32 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut stream = Stream {
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Stream::default()
+        };
+        if let Some(t) = cert {
+            let hex: String = t.0.iter().map(|b| format!("{b:02x}")).collect();
+            stream
+                .properties
+                .insert("sha256_peer_certificate_digest".into(), hex.into_bytes());
+        }
+        {
+            let mut s = self.host.0.borrow_mut();
+            s.streams.insert(id, stream);
+            s.current = id;
+        }
+        let mut http = self.root.http_context(id);
+        if http.on_request_headers() == Action::Continue {
+            self.stream_mut(id).forwarded = true;
+        }
+        self.contexts.insert(id, http);
+        id
+    }
+
+    /// `GET path` with `Authorization: Bearer token` from a connection with `cert`.
+    pub fn get(&mut self, path: &str, token: &str, cert: Option<Thumbprint>) -> u32 {
+        let authorization = format!("Bearer {token}");
+        self.request(
+            &[
+                (":method", "GET"),
+                (":path", path),
+                ("authorization", &authorization),
+            ],
+            cert,
+        )
+    }
+
+    /// Delivers the answer to the last call `context` sent.
+    pub fn answer(&mut self, context: u32, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        let mut all = vec![(":status".to_string(), status.to_string())];
+        all.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.deliver(
+            context,
+            Some(Delivery {
+                headers: all,
+                body: body.to_vec(),
+            }),
+        );
+    }
+
+    /// The last call `context` sent failed (reset, timeout, no upstream).
+    pub fn fail_call(&mut self, context: u32) {
+        self.deliver(context, None);
+    }
+
+    fn deliver(&mut self, context: u32, delivery: Option<Delivery>) {
+        let (headers, body) = match &delivery {
+            Some(d) => (d.headers.len(), d.body.len()),
+            None => (0, 0),
+        };
+        {
+            let mut s = self.host.0.borrow_mut();
+            s.delivery = delivery;
+            s.current = context;
+        }
+        if let Some(http) = self.contexts.get_mut(&context) {
+            http.on_call_response(headers, body);
+        }
+        self.host.0.borrow_mut().delivery = None;
+    }
+
+    /// The client goes away: the proxy calls `on_done` and forgets the stream.
+    pub fn gone(&mut self, context: u32) {
+        self.host.0.borrow_mut().current = context;
+        if let Some(mut http) = self.contexts.remove(&context) {
+            http.on_done();
+        }
+        self.stream_mut(context).gone = true;
+    }
+
+    /// The worker's timer fires after `seconds` have passed.
+    pub fn advance(&mut self, seconds: u64) {
+        self.host.0.borrow_mut().now += seconds;
+        self.root.tick();
+    }
+
+    pub fn fate(&self, context: u32) -> Fate {
+        let s = self.host.0.borrow();
+        let Some(st) = s.streams.get(&context) else {
+            return Fate::Paused;
+        };
+        match (st.forwarded, st.replies.first()) {
+            (true, None) => Fate::Forwarded(st.headers.clone()),
+            (false, Some(reply)) if st.replies.len() == 1 => Fate::Replied(reply.clone()),
+            (false, None) => Fate::Paused,
+            _ => panic!(
+                "request {context} was both forwarded and answered, or answered twice: {st:?}"
+            ),
+        }
+    }
+
+    /// The status of a local reply, or 200 for a forwarded request, or 0 while paused.
+    pub fn status(&self, context: u32) -> u32 {
+        match self.fate(context) {
+            Fate::Forwarded(_) => 200,
+            Fate::Replied(r) => r.status,
+            Fate::Paused => 0,
+        }
+    }
+
+    /// The value of header `name` the upstream got (`None`: not forwarded, or no such header).
+    pub fn upstream_header(&self, context: u32, name: &str) -> Option<String> {
+        match self.fate(context) {
+            Fate::Forwarded(h) => h.into_iter().find(|(k, _)| k == name).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// Every call sent so far, with its context.
+    pub fn calls(&self) -> Vec<(u32, Call)> {
+        self.host.0.borrow().calls.clone()
+    }
+
+    pub fn stream_mut(&mut self, context: u32) -> std::cell::RefMut<'_, Stream> {
+        std::cell::RefMut::map(self.host.0.borrow_mut(), |s| {
+            s.streams.entry(context).or_default()
+        })
+    }
+
+    /// Counter `certbound.<name>` as the host has it after the next tick.
+    pub fn counter(&mut self, name: &str) -> u64 {
+        self.root.tick();
+        let s = self.host.0.borrow();
+        let full = format!("certbound.{name}");
+        s.counter_names
+            .iter()
+            .position(|n| *n == full)
+            .and_then(|id| s.counters.get(&(id as u32)).copied())
+            .unwrap_or(0)
+    }
+}

@@ -1,0 +1,535 @@
+//! The request flow, pure: from the facts of a request or of a call's answer to what happens next
+//! (allow with header writes, deny with a reply, send a call, wait for another request's call).
+//!
+//! A hit is decided at once. A miss sends one introspection call per token per worker; requests
+//! with the same token wait for it and are each decided with their own certificate and route. A
+//! JWT answer is verified against the key set (this worker's copy, else shared data, else fetched;
+//! an unknown `kid` refetches it at most once per interval). A request that goes away while its
+//! call is out releases its waiters. No host call is made here: the adapters (`crate::http`) read
+//! the facts and carry out what these functions return; shared data comes in as a `SharedStore`.
+
+use crate::binding::Thumbprint;
+use crate::cache::{Entry, JwksStore, SharedStore, TokenCache, TokenKey, TokenState};
+use crate::config::{Config, JwtRules};
+use crate::decision;
+use crate::deny::{self, DenyReason, Reply};
+use crate::headers::Headers;
+use crate::introspection::{self, Answer, Failure};
+use crate::jwks::{self, KeySet};
+use crate::jwt;
+use crate::metrics::Metric;
+use crate::token;
+use crate::worker::{Inflight, JwtCheck, Stage, State, Waiter};
+use std::borrow::Cow;
+use std::rc::Rc;
+
+/// What the adapter read of a request.
+pub struct RequestFacts<'a> {
+    pub context_id: u32,
+    pub headers: &'a Headers,
+    pub thumbprint: Option<Thumbprint>,
+    pub now: u64,
+}
+
+/// A call to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub kind: CallKind,
+    pub cluster: String,
+    /// Pseudo-headers first, then the others.
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Option<Vec<u8>>,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    Introspection,
+    KeySet,
+}
+
+impl CallKind {
+    /// The counter of a call that went out.
+    pub fn metric(self) -> Metric {
+        match self {
+            CallKind::Introspection => Metric::IntrospectionCall,
+            CallKind::KeySet => Metric::JwksFetch,
+        }
+    }
+}
+
+/// What came back from a call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallAnswer {
+    /// `None` when the call failed (reset, timeout, unreachable).
+    pub status: Option<u16>,
+    pub cache_control: Option<String>,
+    /// `None` when the body is larger than allowed; it is then never read.
+    pub body: Option<Vec<u8>>,
+}
+
+impl CallAnswer {
+    pub fn failed() -> CallAnswer {
+        CallAnswer {
+            status: None,
+            cache_control: None,
+            body: Some(Vec::new()),
+        }
+    }
+}
+
+/// The end of one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Forward it, with `header_writes` of this entry (always an active token).
+    Allow(Rc<Entry>),
+    /// Reply locally with this; nothing more is done for the request.
+    Deny(DenyReason, Reply),
+}
+
+/// What a new request leads to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Start {
+    Decided(Verdict),
+    /// Send `Call` for this token from this request's context and pause it.
+    Dispatch(TokenKey, Call),
+    /// Pause it: another request's call for this token is out.
+    Wait(TokenKey),
+}
+
+/// What a call's answer (or its failure) leads to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// Send another call from the same context (the key set); everyone keeps waiting.
+    Dispatch(Call),
+    /// Every request that waited for the token, by context id, the caller included.
+    Decided(Vec<(u32, Verdict)>),
+}
+
+/// How a check ended: a token state (cached if it may be), or a failure (never cached).
+enum Outcome {
+    Known(Rc<Entry>),
+    Failed(Failure),
+}
+
+/// A new request.
+pub fn on_request(
+    cfg: &Config,
+    st: &mut State,
+    store: &dyn SharedStore,
+    facts: RequestFacts,
+) -> Start {
+    let route = if cfg.routes.is_empty() {
+        None
+    } else {
+        let method = facts.headers.get(":method").unwrap_or_default();
+        let path = facts.headers.get(":path").unwrap_or_default();
+        cfg.route_for(&method, &path)
+    };
+    let me = Waiter {
+        context_id: facts.context_id,
+        thumbprint: facts.thumbprint,
+        route,
+    };
+    let values: Vec<Cow<str>> = facts.headers.values("authorization").collect();
+    let token = match token::bearer_token(&values, cfg.max_token_length) {
+        Ok(t) => t,
+        Err(e) => return Start::Decided(deny(cfg, st, e.into(), &me, None)),
+    };
+    let key = st.key_deriver.key(token);
+    let now = facts.now;
+    let entry = st.local.get(&key, now).or_else(|| {
+        let entry = Rc::new(token_cache(cfg).lookup(store, &key, now)?);
+        st.local.put(entry.clone());
+        Some(entry)
+    });
+    if let Some(entry) = entry {
+        st.tally.count(Metric::CacheHit);
+        return Start::Decided(decide(cfg, st, &entry, &me));
+    }
+    st.tally.count(Metric::CacheMiss);
+
+    if let Some(inflight) = st.inflight.get_mut(&key) {
+        inflight.waiters.push(me);
+        return Start::Wait(key);
+    }
+    let i = &cfg.introspection;
+    let (headers, body) = introspection::request(i, token);
+    let call = Call {
+        kind: CallKind::Introspection,
+        cluster: i.endpoint.cluster.clone(),
+        headers,
+        body: Some(body),
+        timeout_ms: i.timeout_ms,
+    };
+    st.inflight.insert(
+        key,
+        Inflight {
+            caller: me,
+            stage: Stage::Introspection,
+            waiters: Vec::new(),
+        },
+    );
+    Start::Dispatch(key, call)
+}
+
+/// The answer to the call that the request in `caller` sent for `key`.
+pub fn on_answer(
+    cfg: &Config,
+    st: &mut State,
+    store: &dyn SharedStore,
+    key: TokenKey,
+    caller: u32,
+    answer: CallAnswer,
+    now: u64,
+) -> Next {
+    let stage = match st.inflight.get_mut(&key) {
+        Some(inflight) if inflight.caller.context_id == caller => {
+            std::mem::replace(&mut inflight.stage, Stage::Introspection)
+        }
+        // Not this context's call (it went away and another request took the token over).
+        _ => return Next::Decided(Vec::new()),
+    };
+    match stage {
+        Stage::Introspection => on_introspection(cfg, st, store, key, answer, now),
+        Stage::KeySet(check) => on_key_set(cfg, st, store, key, check, answer, now),
+    }
+}
+
+/// The call for `key` could not be sent.
+pub fn on_dispatch_failed(
+    cfg: &Config,
+    st: &mut State,
+    store: &dyn SharedStore,
+    key: TokenKey,
+    now: u64,
+) -> Vec<(u32, Verdict)> {
+    let why = match st.inflight.get(&key).map(|i| &i.stage) {
+        Some(Stage::KeySet { .. }) => "the key set call could not be dispatched",
+        _ => "the introspection call could not be dispatched",
+    };
+    conclude(
+        cfg,
+        st,
+        store,
+        key,
+        Outcome::Failed(Failure::Unavailable(why)),
+        now,
+    )
+}
+
+/// The request in `context_id`, paused for `key`, went away. If its call was out, those waiting
+/// on it are answered (503: they may retry) rather than left hanging.
+pub fn on_gone(
+    cfg: &Config,
+    st: &mut State,
+    key: TokenKey,
+    context_id: u32,
+) -> Vec<(u32, Verdict)> {
+    let Some(inflight) = st.inflight.get_mut(&key) else {
+        return Vec::new();
+    };
+    if inflight.caller.context_id != context_id {
+        inflight.waiters.retain(|w| w.context_id != context_id);
+        return Vec::new();
+    }
+    let waiters = st
+        .inflight
+        .remove(&key)
+        .map(|i| i.waiters)
+        .unwrap_or_default();
+    let why = "the request checking this token went away; retry";
+    let reason = DenyReason::from(Failure::Unavailable(why));
+    waiters
+        .iter()
+        .map(|w| (w.context_id, deny(cfg, st, reason, w, None)))
+        .collect()
+}
+
+/// The largest answer body read for the call that is out for `key`.
+pub fn answer_limit(cfg: &Config, st: &State, key: &TokenKey) -> usize {
+    match st.inflight.get(key).map(|i| &i.stage) {
+        Some(Stage::KeySet(check)) => check.rules.jwks.max_body_bytes,
+        _ => cfg.introspection.max_body_bytes,
+    }
+}
+
+/// The request headers an allow writes: `Authorization` (when the format forwards a JWT), then
+/// every claim header, set from the token or removed (a client's copy never passes).
+pub fn header_writes<'a>(
+    cfg: &'a Config,
+    entry: &'a Entry,
+) -> impl Iterator<Item = (&'a str, Option<&'a str>)> {
+    let token = match &entry.state {
+        TokenState::Active(t) => Some(t),
+        TokenState::Inactive => None,
+    };
+    let authorization = token
+        .and_then(|t| t.forward_authorization.as_deref())
+        .map(|v| ("authorization", Some(v)));
+    let claims = cfg.claim_headers.iter().map(move |(_, name)| {
+        let value = token.and_then(|t| {
+            t.headers
+                .iter()
+                .find(|(h, _)| h == name)
+                .map(|(_, v)| v.as_str())
+        });
+        (name.as_str(), value)
+    });
+    authorization.into_iter().chain(claims)
+}
+
+fn on_introspection(
+    cfg: &Config,
+    st: &mut State,
+    store: &dyn SharedStore,
+    key: TokenKey,
+    answer: CallAnswer,
+    now: u64,
+) -> Next {
+    let Some(body) = answer.body else {
+        let f = Failure::Bad("the introspection answer is too large");
+        return Next::Decided(conclude(cfg, st, store, key, Outcome::Failed(f), now));
+    };
+    let max_age = introspection::max_age(answer.cache_control.as_deref());
+    let outcome = match introspection::classify(&cfg.introspection.format, answer.status, &body) {
+        Err(f) => Outcome::Failed(f),
+        Ok(Answer::Inactive) => {
+            Outcome::Known(Rc::new(introspection::inactive_entry(key, now, cfg)))
+        }
+        Ok(Answer::Members(m)) => {
+            match introspection::entry_from_members(&m, key, now, None, max_age, cfg) {
+                Ok(entry) => Outcome::Known(Rc::new(entry)),
+                Err(f) => Outcome::Failed(f),
+            }
+        }
+        Ok(Answer::Jwt(jwt, rules)) => {
+            let check = JwtCheck {
+                jwt,
+                max_age,
+                rules,
+            };
+            return match key_set(cfg, st, store, &check.rules, now) {
+                Some((at, keys)) => verify(cfg, st, store, key, check, &keys, Some(at), now),
+                None => fetch_key_set(st, key, check),
+            };
+        }
+    };
+    Next::Decided(conclude(cfg, st, store, key, outcome, now))
+}
+
+fn on_key_set(
+    cfg: &Config,
+    st: &mut State,
+    store: &dyn SharedStore,
+    key: TokenKey,
+    check: JwtCheck,
+    answer: CallAnswer,
+    now: u64,
+) -> Next {
+    let failure = match (answer.status, answer.body) {
+        (Some(200), Some(body)) => match KeySet::parse(&body) {
+            Ok(keys) => {
+                jwks_store(cfg).save(store, now, &body);
+                let keys = Rc::new(keys);
+                st.keys = Some((now, keys.clone()));
+                return verify(cfg, st, store, key, check, &keys, None, now);
+            }
+            Err(why) => Failure::Bad(why),
+        },
+        (None | Some(500..=599), _) => Failure::Unavailable("the key set could not be fetched"),
+        _ => Failure::Bad("the key set answer is unusable"),
+    };
+    Next::Decided(conclude(cfg, st, store, key, Outcome::Failed(failure), now))
+}
+
+/// Asks for the key set; the check of `key` goes on when it arrives.
+fn fetch_key_set(st: &mut State, key: TokenKey, check: JwtCheck) -> Next {
+    let j = &check.rules.jwks;
+    let call = Call {
+        kind: CallKind::KeySet,
+        cluster: j.endpoint.cluster.clone(),
+        headers: vec![
+            (":method", "GET".to_string()),
+            (":path", j.endpoint.path.clone()),
+            (":authority", j.endpoint.authority.clone()),
+            ("accept", "application/json".to_string()),
+        ],
+        body: None,
+        timeout_ms: j.timeout_ms,
+    };
+    match st.inflight.get_mut(&key) {
+        Some(inflight) => {
+            inflight.stage = Stage::KeySet(check);
+            Next::Dispatch(call)
+        }
+        None => Next::Decided(Vec::new()),
+    }
+}
+
+/// Verifies the returned JWT. `fetched_at` is the age of a cached key set, which may be
+/// refetched once for an unknown `kid`; `None` means the set is fresh from the server.
+#[allow(clippy::too_many_arguments)]
+fn verify(
+    cfg: &Config,
+    st: &mut State,
+    store: &dyn SharedStore,
+    key: TokenKey,
+    check: JwtCheck,
+    keys: &KeySet,
+    fetched_at: Option<u64>,
+    now: u64,
+) -> Next {
+    let rules = &check.rules;
+    let verified = jwt::verify(
+        &check.jwt,
+        keys,
+        rules,
+        now,
+        cfg.introspection.max_body_bytes,
+    );
+    let entry = match verified {
+        Err(jwt::JwtError::UnknownKey)
+            if fetched_at.is_some_and(|t| {
+                jwks::may_refetch(t, now, rules.jwks.min_refetch_interval_seconds)
+            }) =>
+        {
+            return fetch_key_set(st, key, check);
+        }
+        Err(e) if e.is_time() => Ok(introspection::inactive_entry(key, now, cfg)),
+        Err(e) => Err(Failure::Bad(e.describe())),
+        Ok(claims) => {
+            match introspection::members_of_verified_jwt(&cfg.introspection.format, claims) {
+                Ok(Answer::Members(m)) => introspection::entry_from_members(
+                    &m,
+                    key,
+                    now,
+                    Some(&check.jwt),
+                    check.max_age,
+                    cfg,
+                ),
+                Ok(_) => Ok(introspection::inactive_entry(key, now, cfg)),
+                Err(f) => Err(f),
+            }
+        }
+    };
+    let outcome = match entry {
+        Ok(entry) => Outcome::Known(Rc::new(entry)),
+        Err(f) => Outcome::Failed(f),
+    };
+    Next::Decided(conclude(cfg, st, store, key, outcome, now))
+}
+
+/// Ends a check: caches what may be cached, then decides every request that waited for it.
+fn conclude(
+    cfg: &Config,
+    st: &mut State,
+    store: &dyn SharedStore,
+    key: TokenKey,
+    outcome: Outcome,
+    now: u64,
+) -> Vec<(u32, Verdict)> {
+    let Some(inflight) = st.inflight.remove(&key) else {
+        return Vec::new();
+    };
+    match &outcome {
+        // An answer that may not be cached (max-age=0, exp within the leeway) still decides.
+        Outcome::Known(entry) if entry.expires_at > now => {
+            token_cache(cfg).insert(store, entry, now);
+            st.local.put(entry.clone());
+        }
+        Outcome::Known(_) => {}
+        Outcome::Failed(_) => st.tally.count(Metric::IntrospectionFailure),
+    }
+    let requests = inflight
+        .waiters
+        .iter()
+        .chain(std::iter::once(&inflight.caller));
+    requests
+        .map(|w| {
+            let verdict = match &outcome {
+                Outcome::Known(entry) => decide(cfg, st, entry, w),
+                Outcome::Failed(f) => deny(cfg, st, (*f).into(), w, None),
+            };
+            (w.context_id, verdict)
+        })
+        .collect()
+}
+
+/// Allows or denies one request on a known token.
+fn decide(cfg: &Config, st: &mut State, entry: &Rc<Entry>, w: &Waiter) -> Verdict {
+    match decision::decide(&entry.state, w.thumbprint.as_ref(), cfg.policy(w.route)) {
+        Ok(_) => {
+            st.tally.count(Metric::Allowed);
+            Verdict::Allow(entry.clone())
+        }
+        Err(reason) => {
+            let jti = match &entry.state {
+                TokenState::Active(t) => t.jti.as_deref(),
+                TokenState::Inactive => None,
+            };
+            deny(cfg, st, reason, w, jti)
+        }
+    }
+}
+
+fn deny(
+    cfg: &Config,
+    st: &mut State,
+    reason: DenyReason,
+    w: &Waiter,
+    jti: Option<&str>,
+) -> Verdict {
+    let x5t = w.thumbprint.as_ref().map(Thumbprint::to_x5t);
+    log::warn!(
+        "denied {} ({}): client certificate x5t#S256={} jti={}",
+        reason.metric(),
+        reason.detail(),
+        x5t.as_deref().unwrap_or("none"),
+        jti.unwrap_or("-")
+    );
+    st.tally.count(Metric::Denied(reason));
+    let reply = deny::reply(reason, &cfg.realm, &cfg.policy(w.route).required_scopes);
+    Verdict::Deny(reason, reply)
+}
+
+fn token_cache(cfg: &Config) -> TokenCache<'_> {
+    TokenCache {
+        namespace: &cfg.cache.namespace,
+        fingerprint: &cfg.fingerprint,
+        max_entries: cfg.cache.max_entries,
+    }
+}
+
+fn jwks_store(cfg: &Config) -> JwksStore<'_> {
+    JwksStore {
+        namespace: &cfg.cache.namespace,
+        fingerprint: &cfg.fingerprint,
+    }
+}
+
+/// A fresh key set and when it was fetched: this worker's parsed copy, else the one in shared
+/// data (another worker may have fetched it). `None` when it must be fetched.
+fn key_set(
+    cfg: &Config,
+    st: &mut State,
+    store: &dyn SharedStore,
+    rules: &JwtRules,
+    now: u64,
+) -> Option<(u64, Rc<KeySet>)> {
+    let max_age = rules.jwks.max_age_seconds;
+    let fresh = |(fetched_at, _): &(u64, Rc<KeySet>)| jwks::is_fresh(*fetched_at, now, max_age);
+    if let Some(local) = st.keys.clone().filter(fresh) {
+        return Some(local);
+    }
+    let (fetched_at, keys) = jwks_store(cfg).load(store)?;
+    let stored = (fetched_at, Rc::new(keys));
+    if !fresh(&stored) {
+        return None;
+    }
+    st.keys = Some(stored.clone());
+    Some(stored)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,675 @@
+//! The request flow driven natively through the fake host: every branch, asserted by outcome.
+
+use crate::binding::Thumbprint;
+use crate::config::minimal_config as minimal;
+use crate::fake_host::{Fate, Proxy};
+use crate::flow::CallKind;
+use certbound_jose::testing::{jwks_json, other_ps256, ps256, sign, sign_with, NOW};
+use serde_json::{json, Value};
+
+const MINE: Thumbprint = Thumbprint([1; 32]);
+const OTHER: Thumbprint = Thumbprint([2; 32]);
+const PATH: &str = "/api/transactions";
+
+fn config(format: &str) -> Value {
+    let mut v = minimal(format);
+    v["claim_headers"] = json!({"client_id": "x-client-id"});
+    v["routes"] = json!([
+        {"path_prefix": "/api/admin", "required_scopes": ["admin"]},
+        {"path_prefix": "/api/open", "require_binding": false}
+    ]);
+    v
+}
+
+/// RFC 7662 members of an active token bound to `cert`.
+fn members(cert: Thumbprint) -> Value {
+    json!({"active": true, "scope": "transactions read", "client_id": "partner-client",
+           "exp": NOW + 300, "jti": "j-1", "cnf": {"x5t#S256": cert.to_x5t()}})
+}
+
+fn active_json(cert: Thumbprint) -> Vec<u8> {
+    members(cert).to_string().into_bytes()
+}
+
+/// A phantom JWT bound to `cert`, signed by the key set's key.
+fn phantom(cert: Thumbprint) -> String {
+    sign(
+        json!({"scope": "transactions", "client_id": "partner-client",
+               "cnf": {"x5t#S256": cert.to_x5t()}}),
+        NOW + 300,
+        None,
+    )
+}
+
+fn calls_of(p: &Proxy, kind: CallKind) -> usize {
+    p.calls().iter().filter(|(_, c)| c.kind == kind).count()
+}
+
+fn error_of(p: &Proxy, ctx: u32) -> String {
+    match p.fate(ctx) {
+        Fate::Replied(r) => {
+            let body: Value = serde_json::from_slice(&r.body).unwrap();
+            body["error"].as_str().unwrap().to_string()
+        }
+        other => panic!("request {ctx} was not answered locally: {other:?}"),
+    }
+}
+
+fn challenge_of(p: &Proxy, ctx: u32) -> Option<String> {
+    match p.fate(ctx) {
+        Fate::Replied(r) => r
+            .headers
+            .iter()
+            .find(|(k, _)| *k == "www-authenticate")
+            .map(|(_, v)| v.clone()),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_miss_is_introspected_once_then_hits_are_decided_from_the_cache() {
+    let mut p = Proxy::new(&config("json"), NOW);
+    let a = p.get(PATH, "tok-1", Some(MINE));
+    assert_eq!(p.fate(a), Fate::Paused);
+    let calls = p.calls();
+    assert_eq!(calls.len(), 1);
+    let (from, call) = &calls[0];
+    assert_eq!(
+        (*from, call.kind, call.cluster.as_str()),
+        (a, CallKind::Introspection, "idsvr")
+    );
+    let body = String::from_utf8(call.body.clone().unwrap()).unwrap();
+    assert!(body.starts_with("token=tok-1&"), "{body}");
+
+    p.answer(a, 200, &[], &active_json(MINE));
+    assert_eq!(p.status(a), 200);
+    // `json` forwards the client's Authorization, and the claim header from the token.
+    assert_eq!(
+        p.upstream_header(a, "authorization").as_deref(),
+        Some("Bearer tok-1")
+    );
+    assert_eq!(
+        p.upstream_header(a, "x-client-id").as_deref(),
+        Some("partner-client")
+    );
+
+    let b = p.get(PATH, "tok-1", Some(MINE));
+    assert_eq!(p.status(b), 200);
+    let c = p.get(PATH, "tok-1", Some(OTHER));
+    assert_eq!(p.status(c), 401);
+    assert_eq!(p.calls().len(), 1, "hits make no call");
+    assert_eq!(p.counter("cache_misses"), 1);
+    assert_eq!(p.counter("cache_hits"), 2);
+    assert_eq!(p.counter("introspection_calls"), 1);
+    assert_eq!(p.counter("requests_allowed"), 2);
+    assert_eq!(p.counter("requests_denied.certificate_mismatch"), 1);
+}
+
+#[test]
+fn counters_and_the_clock_cost_a_hit_no_host_call_and_reach_the_host_on_the_timer() {
+    let mut p = Proxy::new(&config("json"), NOW);
+    assert_eq!(p.host.0.borrow().tick_ms, Some(crate::root::TICK_MS));
+    let a = p.get(PATH, "tok", Some(MINE));
+    p.answer(
+        a,
+        200,
+        &[("cache-control", "max-age=5")],
+        &active_json(MINE),
+    );
+    p.get(PATH, "tok", Some(MINE));
+    assert!(
+        p.host.0.borrow().counters.is_empty(),
+        "nothing counted before the timer"
+    );
+    assert_eq!(p.counter("cache_hits"), 1);
+    // The clock a hit sees moves on the timer: the entry expires 5 s after it was made.
+    p.advance(4);
+    p.get(PATH, "tok", Some(MINE));
+    assert_eq!(p.calls().len(), 1);
+    p.advance(1);
+    let late = p.get(PATH, "tok", Some(MINE));
+    assert_eq!(p.fate(late), Fate::Paused);
+    assert_eq!(p.calls().len(), 2, "an expired entry is introspected again");
+}
+
+#[test]
+fn requests_refused_before_any_call() {
+    let mut p = Proxy::new(&config("json"), NOW);
+    type Case<'a> = (&'a [(&'a str, &'a str)], u32, &'a str, &'a str);
+    let table: [Case; 5] = [
+        (&[(":path", PATH)], 401, "unauthorized", "missing_token"),
+        (
+            &[(":path", PATH), ("authorization", "Basic Zm9vOmJhcg==")],
+            401,
+            "unauthorized",
+            "missing_token",
+        ),
+        (
+            &[(":path", PATH), ("authorization", "Bearer a b")],
+            400,
+            "invalid_request",
+            "invalid_request",
+        ),
+        (
+            &[(":path", PATH), ("authorization", "Bearer ")],
+            400,
+            "invalid_request",
+            "invalid_request",
+        ),
+        (
+            &[
+                (":path", PATH),
+                ("authorization", "Bearer x"),
+                ("authorization", "Bearer y"),
+            ],
+            400,
+            "invalid_request",
+            "invalid_request",
+        ),
+    ];
+    for (headers, status, error, _) in table {
+        let r = p.request(headers, Some(MINE));
+        assert_eq!(p.status(r), status, "{headers:?}");
+        assert_eq!(error_of(&p, r), error, "{headers:?}");
+    }
+    assert!(p.calls().is_empty());
+    assert_eq!(p.counter("requests_denied.missing_token"), 2);
+    assert_eq!(p.counter("requests_denied.invalid_request"), 3);
+    // RFC 6750 section 3.1: no error attribute without authentication.
+    let bare = p.request(&[(":path", PATH)], Some(MINE));
+    assert_eq!(
+        challenge_of(&p, bare).as_deref(),
+        Some("Bearer realm=\"certbound\"")
+    );
+}
+
+/// Each way an introspection can fail or answer: status, body, headers → reply, and whether the
+/// outcome was cached (a second request makes no call).
+#[test]
+fn every_introspection_answer_has_its_outcome() {
+    let big = vec![b' '; 70_000];
+    let active = active_json(MINE);
+    let unbound = json!({"active": true, "scope": "x", "exp": NOW + 300}).to_string();
+    type Case<'a> = (&'a str, Option<(u16, &'a [u8])>, u32, &'a str, bool);
+    let table: [Case; 13] = [
+        ("active and bound", Some((200, &active)), 200, "", true),
+        (
+            "inactive",
+            Some((200, br#"{"active":false}"#)),
+            401,
+            "invalid_token",
+            true,
+        ),
+        (
+            "not bound",
+            Some((200, unbound.as_bytes())),
+            401,
+            "invalid_token",
+            true,
+        ),
+        ("call failed", None, 503, "temporarily_unavailable", false),
+        (
+            "server error",
+            Some((500, b"")),
+            503,
+            "temporarily_unavailable",
+            false,
+        ),
+        (
+            "client refused",
+            Some((401, b"")),
+            503,
+            "temporarily_unavailable",
+            false,
+        ),
+        (
+            "unexpected status",
+            Some((418, b"")),
+            502,
+            "server_error",
+            false,
+        ),
+        (
+            "not JSON",
+            Some((200, b"<html>")),
+            502,
+            "server_error",
+            false,
+        ),
+        (
+            "active not boolean",
+            Some((200, br#"{"active":"true"}"#)),
+            502,
+            "server_error",
+            false,
+        ),
+        ("no active", Some((200, b"{}")), 502, "server_error", false),
+        ("too large", Some((200, &big)), 502, "server_error", false),
+        (
+            "exp not a number",
+            Some((200, br#"{"active":true,"exp":"soon"}"#)),
+            502,
+            "server_error",
+            false,
+        ),
+        (
+            "cnf not canonical",
+            Some((200, br#"{"active":true,"cnf":{"x5t#S256":"abc"}}"#)),
+            502,
+            "server_error",
+            false,
+        ),
+    ];
+    for (what, answer, status, error, cached) in table {
+        let mut p = Proxy::new(&config("json"), NOW);
+        let a = p.get(PATH, "tok", Some(MINE));
+        match answer {
+            Some((code, body)) => p.answer(a, code, &[], body),
+            None => p.fail_call(a),
+        }
+        assert_eq!(p.status(a), status, "{what}");
+        if status != 200 {
+            assert_eq!(error_of(&p, a), error, "{what}");
+        }
+        if status >= 500 {
+            assert_eq!(challenge_of(&p, a), None, "{what}: no challenge on 5xx");
+            assert_eq!(p.counter("introspection_failures"), 1, "{what}");
+        }
+        let again = p.get(PATH, "tok", Some(MINE));
+        assert_eq!(
+            p.calls().len(),
+            if cached { 1 } else { 2 },
+            "{what}: cached?"
+        );
+        if cached {
+            assert_eq!(p.status(again), status, "{what}: the cached outcome");
+        }
+    }
+}
+
+#[test]
+fn a_call_that_cannot_be_sent_is_503() {
+    let mut p = Proxy::new(&config("json"), NOW);
+    p.host.0.borrow_mut().refuse_dispatch = true;
+    let a = p.get(PATH, "tok", Some(MINE));
+    assert_eq!(p.status(a), 503);
+    assert_eq!(p.counter("introspection_calls"), 0);
+    assert_eq!(p.counter("introspection_failures"), 1);
+    // Nothing is left in flight: the next request tries again.
+    p.host.0.borrow_mut().refuse_dispatch = false;
+    let b = p.get(PATH, "tok", Some(MINE));
+    assert_eq!(p.fate(b), Fate::Paused);
+    assert_eq!(p.calls().len(), 1);
+}
+
+#[test]
+fn concurrent_requests_share_one_call_and_are_each_decided_with_their_own_certificate_and_route() {
+    let mut p = Proxy::new(&config("json"), NOW);
+    let first = p.get(PATH, "tok", Some(MINE));
+    let same = p.get(PATH, "tok", Some(MINE));
+    let stolen = p.get(PATH, "tok", Some(OTHER));
+    let no_cert = p.get(PATH, "tok", None);
+    let admin = p.get("/api/admin/x", "tok", Some(MINE));
+    let other_token = p.get(PATH, "tok-2", Some(MINE));
+    assert_eq!(
+        calls_of(&p, CallKind::Introspection),
+        2,
+        "one call per token"
+    );
+    for r in [first, same, stolen, no_cert, admin, other_token] {
+        assert_eq!(p.fate(r), Fate::Paused);
+    }
+    p.answer(first, 200, &[], &active_json(MINE));
+    assert_eq!(p.status(first), 200);
+    assert_eq!(p.status(same), 200);
+    assert_eq!(p.status(stolen), 401);
+    assert_eq!(p.status(no_cert), 401);
+    assert_eq!(p.status(admin), 403);
+    assert_eq!(
+        challenge_of(&p, admin).unwrap(),
+        "Bearer realm=\"certbound\", error=\"insufficient_scope\", error_description=\"the access token lacks a required scope\", scope=\"admin\""
+    );
+    assert_eq!(
+        p.fate(other_token),
+        Fate::Paused,
+        "another token's call is still out"
+    );
+    assert_eq!(p.counter("requests_denied.certificate_mismatch"), 1);
+    assert_eq!(p.counter("requests_denied.no_client_certificate"), 1);
+    assert_eq!(p.counter("requests_denied.insufficient_scope"), 1);
+    assert_eq!(p.counter("cache_misses"), 6);
+}
+
+#[test]
+fn waiters_share_a_failure_and_are_not_cached() {
+    let mut p = Proxy::new(&config("json"), NOW);
+    let a = p.get(PATH, "tok", Some(MINE));
+    let b = p.get(PATH, "tok", Some(MINE));
+    p.fail_call(a);
+    assert_eq!((p.status(a), p.status(b)), (503, 503));
+    assert_eq!(p.counter("introspection_failures"), 1);
+    let c = p.get(PATH, "tok", Some(MINE));
+    assert_eq!(p.fate(c), Fate::Paused);
+    assert_eq!(p.calls().len(), 2);
+}
+
+#[test]
+fn a_request_that_goes_away_releases_its_waiters() {
+    let mut p = Proxy::new(&config("json"), NOW);
+    let caller = p.get(PATH, "tok", Some(MINE));
+    let w1 = p.get(PATH, "tok", Some(MINE));
+    let w2 = p.get(PATH, "tok", Some(MINE));
+    // A waiter going away changes nothing for the others.
+    p.gone(w2);
+    assert_eq!(p.fate(w1), Fate::Paused);
+    p.gone(caller);
+    assert_eq!(
+        p.status(w1),
+        503,
+        "the caller's waiters are answered, not left hanging"
+    );
+    assert_eq!(error_of(&p, w1), "temporarily_unavailable");
+    let gone_replies = p.host.0.borrow().streams[&w2].replies.len();
+    assert_eq!(gone_replies, 0, "a gone request gets nothing");
+    // The next request checks the token anew; a late answer to the old call changes nothing.
+    let next = p.get(PATH, "tok", Some(MINE));
+    assert_eq!(calls_of(&p, CallKind::Introspection), 2);
+    p.answer(caller, 200, &[], &active_json(MINE));
+    assert_eq!(p.fate(next), Fate::Paused);
+    p.answer(next, 200, &[], &active_json(MINE));
+    assert_eq!(p.status(next), 200);
+}
+
+#[test]
+fn a_waiter_gone_before_the_answer_is_skipped() {
+    let mut p = Proxy::new(&config("json"), NOW);
+    let caller = p.get(PATH, "tok", Some(MINE));
+    let waiter = p.get(PATH, "tok", Some(MINE));
+    // The proxy destroyed the stream without on_done (as after a reset): its context is unknown.
+    p.stream_mut(waiter).gone = true;
+    p.answer(caller, 200, &[], &active_json(MINE));
+    assert_eq!(p.status(caller), 200);
+    assert_eq!(p.fate(waiter), Fate::Paused);
+}
+
+#[test]
+fn answers_that_may_not_be_cached_still_decide_everyone_waiting() {
+    let mut p = Proxy::new(&config("json"), NOW);
+    let a = p.get(PATH, "tok", Some(MINE));
+    let b = p.get(PATH, "tok", Some(OTHER));
+    p.answer(
+        a,
+        200,
+        &[("cache-control", "no-store, max-age=0")],
+        &active_json(MINE),
+    );
+    assert_eq!((p.status(a), p.status(b)), (200, 401));
+    p.get(PATH, "tok", Some(MINE));
+    assert_eq!(p.calls().len(), 2, "max-age=0 is not cached");
+
+    // A token whose exp has passed while its call was out is inactive.
+    let mut p = Proxy::new(&config("json"), NOW);
+    let a = p.get(PATH, "tok", Some(MINE));
+    p.host.0.borrow_mut().now = NOW + 400;
+    p.answer(a, 200, &[], &active_json(MINE));
+    assert_eq!(p.status(a), 401);
+    assert_eq!(error_of(&p, a), "invalid_token");
+}
+
+#[test]
+fn entries_expire_with_their_ttl_and_negative_ttl() {
+    let mut v = config("json");
+    v["cache"] = json!({"max_ttl_seconds": 60, "negative_ttl_seconds": 5});
+    let mut p = Proxy::new(&v, NOW);
+    let a = p.get(PATH, "good", Some(MINE));
+    p.answer(a, 200, &[], &active_json(MINE));
+    let b = p.get(PATH, "bad", Some(MINE));
+    p.answer(b, 200, &[], br#"{"active":false}"#);
+    p.advance(5);
+    p.get(PATH, "good", Some(MINE));
+    let bad_again = p.get(PATH, "bad", Some(MINE));
+    assert_eq!(
+        p.fate(bad_again),
+        Fate::Paused,
+        "the negative entry expired"
+    );
+    assert_eq!(p.calls().len(), 3);
+    p.advance(55);
+    let good_again = p.get(PATH, "good", Some(MINE));
+    assert_eq!(
+        p.fate(good_again),
+        Fate::Paused,
+        "the positive entry expired"
+    );
+}
+
+#[test]
+fn claim_headers_from_the_client_never_pass() {
+    let mut p = Proxy::new(&config("json"), NOW);
+    let headers = [
+        (":path", PATH),
+        ("authorization", "Bearer tok"),
+        ("x-client-id", "admin"),
+    ];
+    let a = p.request(&headers, Some(MINE));
+    p.answer(a, 200, &[], &active_json(MINE));
+    assert_eq!(
+        p.upstream_header(a, "x-client-id").as_deref(),
+        Some("partner-client")
+    );
+    // A token without the claim: the client's header is removed, not kept.
+    let mut p = Proxy::new(&config("json"), NOW);
+    let mut m = members(MINE);
+    m.as_object_mut().unwrap().remove("client_id");
+    let a = p.request(&headers, Some(MINE));
+    p.answer(a, 200, &[], m.to_string().as_bytes());
+    assert_eq!(p.status(a), 200);
+    assert_eq!(p.upstream_header(a, "x-client-id"), None);
+}
+
+#[test]
+fn the_route_decides_whether_binding_is_required() {
+    let unbound = json!({"active": true, "scope": "x", "exp": NOW + 300}).to_string();
+    let mut p = Proxy::new(&config("json"), NOW);
+    let a = p.get("/api/open/x", "tok", None);
+    let b = p.get(PATH, "tok", Some(MINE));
+    p.answer(a, 200, &[], unbound.as_bytes());
+    assert_eq!(p.status(a), 200);
+    assert_eq!(p.status(b), 401);
+    assert_eq!(p.counter("requests_denied.token_not_bound"), 1);
+}
+
+#[test]
+fn a_phantom_jwt_is_verified_with_a_key_set_fetched_once() {
+    let mut p = Proxy::new(&config("jwt"), NOW);
+    let jwks = jwks_json(&[ps256()]);
+    let a = p.get(PATH, "tok-a", Some(MINE));
+    let waiter = p.get(PATH, "tok-a", Some(OTHER));
+    let jwt = phantom(MINE);
+    p.answer(a, 200, &[], jwt.as_bytes());
+    assert_eq!(calls_of(&p, CallKind::KeySet), 1);
+    let (from, keys_call) = p.calls()[1].clone();
+    assert_eq!(from, a, "the key set is asked for from the same context");
+    assert!(keys_call.headers.contains(&(":path", "/jwks".to_string())));
+    assert_eq!(p.fate(a), Fate::Paused);
+    p.answer(a, 200, &[], jwks.as_bytes());
+    assert_eq!(p.status(a), 200);
+    assert_eq!(p.status(waiter), 401);
+    // The upstream gets the verified JWT in place of the opaque token.
+    assert_eq!(
+        p.upstream_header(a, "authorization"),
+        Some(format!("Bearer {jwt}"))
+    );
+
+    // Another token: the key set is this worker's already.
+    let b = p.get(PATH, "tok-b", Some(MINE));
+    p.answer(b, 200, &[], phantom(MINE).as_bytes());
+    assert_eq!(p.status(b), 200);
+    assert_eq!(calls_of(&p, CallKind::KeySet), 1);
+    assert_eq!(p.counter("jwks_fetches"), 1);
+}
+
+#[test]
+fn an_unknown_kid_refetches_the_key_set_at_most_once_per_interval() {
+    let mut p = Proxy::new(&config("jwt"), NOW);
+    let a = p.get(PATH, "tok-a", Some(MINE));
+    p.answer(a, 200, &[], phantom(MINE).as_bytes());
+    p.answer(a, 200, &[], jwks_json(&[ps256()]).as_bytes());
+    assert_eq!(p.status(a), 200);
+    let rotated = sign_with(
+        other_ps256(),
+        json!({"scope": "transactions", "cnf": {"x5t#S256": MINE.to_x5t()}}),
+        NOW + 300,
+        None,
+    );
+    // Within the interval: no refetch, the unknown key is a bad answer.
+    let b = p.get(PATH, "tok-b", Some(MINE));
+    p.answer(b, 200, &[], rotated.as_bytes());
+    assert_eq!(p.status(b), 502);
+    assert_eq!(calls_of(&p, CallKind::KeySet), 1);
+    // After it: one refetch. A fresh key set that still lacks the key is final for this check.
+    p.advance(30);
+    let c = p.get(PATH, "tok-c", Some(MINE));
+    p.answer(c, 200, &[], rotated.as_bytes());
+    assert_eq!(calls_of(&p, CallKind::KeySet), 2);
+    p.answer(c, 200, &[], jwks_json(&[ps256()]).as_bytes());
+    assert_eq!(p.status(c), 502);
+    assert_eq!(calls_of(&p, CallKind::KeySet), 2);
+    // Another interval later, the refetch brings the new key.
+    p.advance(30);
+    let d = p.get(PATH, "tok-d", Some(MINE));
+    p.answer(d, 200, &[], rotated.as_bytes());
+    p.answer(d, 200, &[], jwks_json(&[ps256(), other_ps256()]).as_bytes());
+    assert_eq!(p.status(d), 200);
+    assert_eq!(calls_of(&p, CallKind::KeySet), 3);
+}
+
+#[test]
+fn another_workers_key_set_in_shared_data_is_used() {
+    let mut p = Proxy::new(&config("jwt"), NOW);
+    let a = p.get(PATH, "tok-a", Some(MINE));
+    p.answer(a, 200, &[], phantom(MINE).as_bytes());
+    p.answer(a, 200, &[], jwks_json(&[ps256()]).as_bytes());
+    // A second worker of the same VM id: same shared data, its own state.
+    let shared = p.host.0.borrow().shared.clone();
+    let mut q = Proxy::new(&config("jwt"), NOW);
+    q.host.0.borrow_mut().shared = shared;
+    let b = q.get(PATH, "tok-a", Some(MINE));
+    assert_eq!(q.status(b), 200, "the token entry is in shared data");
+    let c = q.get(PATH, "tok-c", Some(MINE));
+    q.answer(c, 200, &[], phantom(MINE).as_bytes());
+    assert_eq!(q.status(c), 200);
+    assert_eq!(calls_of(&q, CallKind::KeySet), 0);
+}
+
+#[test]
+fn every_key_set_failure_has_its_outcome() {
+    type Case<'a> = (&'a str, Option<(u16, &'a [u8])>, u32);
+    let table: [Case; 6] = [
+        ("call failed", None, 503),
+        ("server error", Some((503, b"")), 503),
+        ("not found", Some((404, b"")), 502),
+        ("not JSON", Some((200, b"<html>")), 502),
+        (
+            "no usable key",
+            Some((200, br#"{"keys":[{"kty":"oct","k":"AA"}]}"#)),
+            502,
+        ),
+        ("too large", Some((200, &[b' '; 70_000])), 502),
+    ];
+    for (what, answer, status) in table {
+        let mut p = Proxy::new(&config("jwt"), NOW);
+        let a = p.get(PATH, "tok", Some(MINE));
+        let waiter = p.get(PATH, "tok", Some(MINE));
+        p.answer(a, 200, &[], phantom(MINE).as_bytes());
+        match answer {
+            Some((code, body)) => p.answer(a, code, &[], body),
+            None => p.fail_call(a),
+        }
+        assert_eq!((p.status(a), p.status(waiter)), (status, status), "{what}");
+        assert_eq!(p.counter("introspection_failures"), 1, "{what}");
+    }
+}
+
+#[test]
+fn the_key_set_call_has_its_own_timeout_and_size_limit() {
+    let mut v = config("jwt");
+    v["jwt"]["jwks"]["timeout_ms"] = json!(700);
+    v["jwt"]["jwks"]["max_body_bytes"] = json!(100_000);
+    v["introspection"]["max_body_bytes"] = json!(4096);
+    let mut p = Proxy::new(&v, NOW);
+    let a = p.get(PATH, "tok", Some(MINE));
+    p.answer(a, 200, &[], phantom(MINE).as_bytes());
+    let mut jwks: Value = serde_json::from_str(&jwks_json(&[ps256()])).unwrap();
+    jwks["padding"] = json!("x".repeat(50_000));
+    p.answer(a, 200, &[], jwks.to_string().as_bytes());
+    assert_eq!(
+        p.status(a),
+        200,
+        "a key set above the introspection limit is read"
+    );
+    let key_set_call = &p.calls()[1].1;
+    assert_eq!(
+        (key_set_call.kind, key_set_call.timeout_ms),
+        (CallKind::KeySet, 700)
+    );
+    assert_eq!(p.calls()[0].1.timeout_ms, 2000);
+}
+
+#[test]
+fn jwt_answers_that_fail_verification() {
+    let mut v = config("jwt");
+    v["jwt"]["clock_skew_seconds"] = json!(10);
+    let bound = json!({"scope": "transactions", "cnf": {"x5t#S256": MINE.to_x5t()}});
+    let expired = sign(bound.clone(), NOW - 20, None);
+    let within_skew = sign(bound.clone(), NOW - 5, None);
+    let tampered = {
+        let t = phantom(MINE);
+        let (head, sig) = t.rsplit_once('.').unwrap();
+        let flipped = if sig.starts_with('A') { "B" } else { "A" };
+        format!("{head}.{flipped}{}", &sig[1..])
+    };
+    type Case<'a> = (&'a str, &'a [u8], u32);
+    let table: [Case; 5] = [
+        ("expired", expired.as_bytes(), 401),
+        ("expired within the skew", within_skew.as_bytes(), 200),
+        ("bad signature", tampered.as_bytes(), 502),
+        ("not a JWT", b"a.b", 502),
+        ("empty body: inactive", b"", 401),
+    ];
+    for (what, body, status) in table {
+        let mut p = Proxy::new(&v, NOW);
+        let a = p.get(PATH, "tok", Some(MINE));
+        p.answer(a, 200, &[], body);
+        if p.fate(a) == Fate::Paused {
+            p.answer(a, 200, &[], jwks_json(&[ps256()]).as_bytes());
+        }
+        assert_eq!(p.status(a), status, "{what}");
+    }
+}
+
+#[test]
+fn an_rfc_9701_answer_is_read_from_its_token_introspection_claim() {
+    let mut p = Proxy::new(&config("introspection-jwt"), NOW);
+    let claims = json!({"token_introspection": members(MINE)});
+    let jwt = sign(claims, NOW + 300, Some("token-introspection+jwt"));
+    let a = p.get(PATH, "tok", Some(MINE));
+    p.answer(a, 200, &[], jwt.as_bytes());
+    p.answer(a, 200, &[], jwks_json(&[ps256()]).as_bytes());
+    assert_eq!(p.status(a), 200);
+    assert_eq!(
+        p.upstream_header(a, "authorization"),
+        Some(format!("Bearer {jwt}"))
+    );
+}
+
+#[test]
+fn an_unconfigured_filter_refuses_every_request() {
+    let mut bad = minimal("json");
+    bad["bogus"] = json!(1);
+    assert!(Proxy::try_new(&bad, NOW).is_none());
+    let mut p = Proxy::unconfigured();
+    let a = p.get(PATH, "tok", Some(MINE));
+    assert_eq!(p.status(a), 503);
+    assert!(p.calls().is_empty());
+}

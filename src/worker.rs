@@ -1,0 +1,94 @@
+//! What one worker (one wasm VM) keeps between requests: its configuration, its caches, the calls
+//! it has out and the requests waiting for them, and its metric tally. Plain data; the request flow
+//! (`crate::flow`) reads and changes it, the context adapters hold it.
+
+use crate::binding::Thumbprint;
+use crate::cache::{KeyDeriver, LocalCache, TokenKey};
+use crate::config::{Config, JwtRules};
+use crate::jwks::KeySet;
+use crate::metrics::Tally;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// Entries this VM keeps for itself in front of shared data.
+const LOCAL_ENTRIES: usize = 1024;
+
+/// The configuration (fixed once configured) and the state that changes with every request.
+pub struct Worker {
+    pub config: Config,
+    /// Unix seconds, read from the host on the root context's timer (a hit reads no clock).
+    pub clock: Cell<u64>,
+    pub state: RefCell<State>,
+}
+
+impl Worker {
+    pub fn new(config: Config) -> Worker {
+        let state = RefCell::new(State::new(&config));
+        Worker {
+            config,
+            clock: Cell::new(0),
+            state,
+        }
+    }
+}
+
+pub struct State {
+    /// Turns a token into its cache key (namespace and configuration fingerprint absorbed once).
+    pub key_deriver: KeyDeriver,
+    pub local: LocalCache,
+    /// Tokens being checked right now: one call per token per worker, however many requests
+    /// carry it at once.
+    pub inflight: HashMap<TokenKey, Inflight>,
+    /// This worker's parsed copy of the key set and when it was fetched.
+    pub keys: Option<(u64, Rc<KeySet>)>,
+    /// Counts not yet handed to the host.
+    pub tally: Tally,
+}
+
+impl State {
+    pub fn new(config: &Config) -> State {
+        State {
+            key_deriver: KeyDeriver::new(&config.cache.namespace, &config.fingerprint),
+            local: LocalCache::new(LOCAL_ENTRIES.min(config.cache.max_entries as usize)),
+            inflight: HashMap::new(),
+            keys: None,
+            tally: Tally::default(),
+        }
+    }
+}
+
+/// A request that waits for a token's check: decided with its own certificate and route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiter {
+    pub context_id: u32,
+    pub thumbprint: Option<Thumbprint>,
+    pub route: Option<usize>,
+}
+
+/// One token's check in progress.
+#[derive(Debug)]
+pub struct Inflight {
+    /// The request whose context made the call (the answer arrives there).
+    pub caller: Waiter,
+    pub stage: Stage,
+    /// Other requests with the same token that arrived meanwhile.
+    pub waiters: Vec<Waiter>,
+}
+
+/// Which call is out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stage {
+    Introspection,
+    /// The key set, needed to finish this check.
+    KeySet(JwtCheck),
+}
+
+/// A JWT answer waiting to be verified.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JwtCheck {
+    pub jwt: String,
+    /// The answer's `Cache-Control: max-age`.
+    pub max_age: Option<u64>,
+    pub rules: Rc<JwtRules>,
+}
