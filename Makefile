@@ -18,7 +18,9 @@ API_DEBUG     := $(CURDIR)/target/debug/$(API_PKG)
 # npm ci writes node_modules/.package-lock.json: newer than package-lock.json means up to date.
 IDSVR_DEPS    := example/idsvr/node_modules/.package-lock.json
 # How example/system.sh finds the pieces (make demo/up run the release build of the API).
-SYSTEM_ENV    := ENVOY_BIN=$(ENVOY) API_BIN=$(API_RELEASE) CERTS_DIR=$(CERTS_DIR)
+# The Envoy configuration generator (tools/envoy-config), for the system script and the benchmark.
+ENVOY_CONFIG_BIN := $(CURDIR)/target/debug/envoy-config
+SYSTEM_ENV    := ENVOY_BIN=$(ENVOY) API_BIN=$(API_RELEASE) CERTS_DIR=$(CERTS_DIR) ENVOY_CONFIG_BIN=$(ENVOY_CONFIG_BIN)
 
 # $(call require,TOOL,HOW TO GET IT): stop with a clear message if TOOL is not on PATH.
 define require
@@ -45,7 +47,7 @@ NODE_HINT    := Install Node.js 20 or later with npm (Debian: apt-get install no
 CURL_HINT    := Install curl (Debian: apt-get install curl).
 COMPOSE_HINT := Install docker-compose (Debian: apt-get install docker-compose).
 
-.PHONY: check-build unit help setup setup-rust-target setup-rust-components setup-compose setup-wasm-opt certs build api idsvr-deps \
+.PHONY: check-build unit envoy-config envoy-compose help setup setup-rust-target setup-rust-components setup-compose setup-wasm-opt certs build api idsvr-deps \
         validate compose-check test lint clean demo up down logs ports-free
 
 help: ## list the targets
@@ -160,6 +162,15 @@ validate: build certs | $(ENVOY) ## check every envoy/*.yaml with envoy --mode v
 	  fi; \
 	done
 
+# envoy/envoy-compose.yaml is envoy/envoy.yaml rendered for the containers (tests/e2e.rs checks it).
+
+envoy-config: ## build the Envoy configuration generator (tools/envoy-config)
+	@$(call require,cargo,$(RUST_HINT))
+	cargo build -q -p certbound-envoy-config
+
+envoy-compose: envoy-config ## render envoy/envoy-compose.yaml from envoy/envoy.yaml
+	$(ENVOY_CONFIG_BIN) front-proxy envoy/envoy.yaml --compose > envoy/envoy-compose.yaml
+
 # Debian's docker-compose (1.29) checks the file without a Docker engine; installed only for this check.
 setup-compose:
 	@$(call apt_install,docker-compose,docker-compose,$(COMPOSE_HINT))
@@ -170,11 +181,11 @@ compose-check: setup-compose ## validate docker-compose.yml with docker-compose 
 
 # The end-to-end tests (tests/e2e.rs) run the identity server with node, the API (debug build) and
 # Envoy through example/system.sh, on free ports.
-test: setup certs build check-build validate idsvr-deps compose-check setup-dist check-wasmplugin ## unit, integration and end-to-end tests (real Envoy, the built wasm, the example certs, identity server and API)
+test: setup certs build check-build validate idsvr-deps envoy-config compose-check setup-dist check-wasmplugin ## unit, integration and end-to-end tests (real Envoy, the built wasm, the example certs, identity server and API)
 	@$(call require,curl,$(CURL_HINT))
 	cargo build -p $(API_PKG)
 	ENVOY_BIN=$(ENVOY) CERTBOUND_WASM=$(CURDIR)/$(WASM) CERTS_DIR=$(CERTS_DIR) API_BIN=$(API_DEBUG) \
-	  cargo test --workspace --all-targets --no-fail-fast
+	  ENVOY_CONFIG_BIN=$(ENVOY_CONFIG_BIN) cargo test --workspace --all-targets --no-fail-fast
 
 unit: ## the fast native loop: every unit test of the filter and its configuration, no Envoy (seconds)
 	@$(call require,cargo,$(RUST_HINT))
@@ -197,11 +208,11 @@ clean: ## remove build output and generated certificates
 ports-free:
 	@example/system.sh check-ports
 
-demo: ports-free setup certs build api idsvr-deps ## run the whole example system and the partner client (example/client.sh), then stop it
+demo: ports-free setup certs build api envoy-config idsvr-deps ## run the whole example system and the partner client (example/client.sh), then stop it
 	@$(call require,curl,$(CURL_HINT))
 	$(SYSTEM_ENV) example/system.sh demo
 
-up: setup certs build api idsvr-deps ## start the example system in the background (logs and pids in .run/)
+up: setup certs build api envoy-config idsvr-deps ## start the example system in the background (logs and pids in .run/)
 	@$(call require,curl,$(CURL_HINT))
 	$(SYSTEM_ENV) example/system.sh up
 
@@ -214,10 +225,11 @@ logs: ## follow the example system's logs (.run/*.log)
 # The benchmark (bench/run.sh, bench/bench.py): one Envoy per scenario on CPU 0, the load on CPU 1;
 # writes bench/results.md and bench/results.svg. Quick run: BENCH_SECONDS=2 BENCH_RUNS=1 make bench.
 .PHONY: bench
-bench: setup certs build ## benchmark: passthrough, empty wasm, certbound hit/miss, jwt_authn (writes bench/results.md, .svg)
+bench: setup certs build envoy-config ## benchmark: passthrough, empty wasm, certbound hit/miss, jwt_authn (writes bench/results.md, .svg)
 	@$(call require,taskset,Install util-linux (Debian: apt-get install util-linux).)
 	@$(call require,python3,$(PYTHON_HINT))
-	ENVOY_BIN=$(ENVOY) CERTBOUND_WASM=$(CURDIR)/$(WASM) CERTS_DIR=$(CERTS_DIR) bench/run.sh
+	ENVOY_BIN=$(ENVOY) CERTBOUND_WASM=$(CURDIR)/$(WASM) CERTS_DIR=$(CERTS_DIR) ENVOY_CONFIG_BIN=$(ENVOY_CONFIG_BIN) \
+	  bench/run.sh
 
 # ---- Distribution: the OCI image, the release, the Istio WasmPlugin (wasm/, tests/distribution.rs) ----
 OCI_DIR        := target/oci

@@ -45,6 +45,8 @@ def env_path(name, default):
 
 ENVOY = env_path("ENVOY_BIN", REPO / ".venv/bin/envoy")
 CERTBOUND_WASM = env_path("CERTBOUND_WASM", REPO / "target/wasm32-wasip1/release/certbound.wasm")
+# The one generator of Envoy configurations (tools/envoy-config; `make envoy-config` builds it).
+ENVOY_CONFIG = env_path("ENVOY_CONFIG_BIN", REPO / "target/debug/envoy-config")
 EMPTY_WASM = env_path(
     "EMPTY_WASM", REPO / "target/bench/wasm32-wasip1/release/certbound_bench_wasm_empty.wasm"
 )
@@ -176,26 +178,11 @@ def free_port():
 
 
 def wasm_filter(name, wasm, configuration=None):
-    config = {
-        "name": name,
-        "root_id": name,
-        "vm_config": {
-            "vm_id": name,
-            "runtime": "envoy.wasm.runtime.v8",
-            "code": {"local": {"filename": str(wasm)}},
-        },
-        "fail_open": False,
-    }
+    """The generator's short form of the wasm filter (it writes the filter itself)."""
+    w = {"name": name, "path": str(wasm)}
     if configuration is not None:
-        config["configuration"] = {
-            "@type": "type.googleapis.com/google.protobuf.StringValue",
-            "value": json.dumps(configuration),
-        }
-    return {
-        "name": "envoy.filters.http.wasm",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                         "config": config},
-    }
+        w["configuration"] = configuration
+    return {"wasm": w}
 
 
 def certbound_config():
@@ -236,6 +223,8 @@ def jwt_authn_filter(jwks, cached):
 
 
 def bootstrap(scenario, listen_port, admin_port, stub_port, jwks):
+    """The scenario's Envoy configuration, from the generator: the mutual-TLS listener, the
+    scenario's filters, its routes and clusters."""
     filters = {
         "passthrough": [],
         "wasm-empty": [wasm_filter("empty", EMPTY_WASM)],
@@ -244,11 +233,6 @@ def bootstrap(scenario, listen_port, admin_port, stub_port, jwks):
         "jwt_authn": [jwt_authn_filter(jwks, cached=False)],
         "jwt_authn-cached": [jwt_authn_filter(jwks, cached=True)],
     }[scenario]
-    filters.append({
-        "name": "envoy.filters.http.router",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-    })
-    cert = lambda name: {"filename": str(CERTS / name)}  # noqa: E731
     ok = {"status": 200, "body": {"inline_string": "ok\n"}}
     routes = [
         # The sanity check's route: echoes what the upstream would have received.
@@ -260,48 +244,15 @@ def bootstrap(scenario, listen_port, admin_port, stub_port, jwks):
         # The load's route: a zero-cost upstream.
         {"match": {"prefix": "/"}, "direct_response": ok},
     ]
-    clusters = []
+    args = [str(ENVOY_CONFIG), "api", "--listen", str(listen_port), "--admin", str(admin_port),
+            "--certs", str(CERTS), "--routes", json.dumps(routes)]
+    for f in filters:
+        args += ["--filter", json.dumps(f)]
     if scenario.startswith("certbound"):
-        clusters.append({
-            "name": "idp", "type": "STATIC", "connect_timeout": "1s",
-            "load_assignment": {"cluster_name": "idp", "endpoints": [{"lb_endpoints": [{"endpoint": {
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": stub_port}}}}]}]},
-        })
-    return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "static_resources": {
-            "listeners": [{
-                "name": "api",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
-                "filter_chains": [{
-                    "transport_socket": {
-                        "name": "envoy.transport_sockets.tls",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-                            "require_client_certificate": True,
-                            "common_tls_context": {
-                                "tls_certificates": [{"certificate_chain": cert("example.tls.pem"),
-                                                      "private_key": cert("example.tls.key")}],
-                                "validation_context": {"trusted_ca": cert("trust.pem")},
-                            },
-                        },
-                    },
-                    "filters": [{
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                            "stat_prefix": "api",
-                            "codec_type": "AUTO",
-                            "route_config": {"name": "api", "virtual_hosts": [
-                                {"name": "all", "domains": ["*"], "routes": routes}]},
-                            "http_filters": filters,
-                        },
-                    }],
-                }],
-            }],
-            "clusters": clusters,
-        },
-    }
+        args += ["--cluster", f"idp={stub_port}"]
+    if not ENVOY_CONFIG.exists():
+        die(f"{ENVOY_CONFIG} not found: run `make envoy-config`")
+    return subprocess.run(args, check=True, capture_output=True, text=True).stdout
 
 
 # ---------------------------------------------------------------- processes
@@ -347,7 +298,7 @@ class Envoy:
         for attempt in range(3):
             self.port, self.admin = free_port(), free_port()
             cfg = WORK / f"envoy-{scenario}{tag}.yaml"
-            cfg.write_text(json.dumps(bootstrap(scenario, self.port, self.admin, stub_port, jwks), indent=1))
+            cfg.write_text(bootstrap(scenario, self.port, self.admin, stub_port, jwks))
             self.log = WORK / f"envoy-{scenario}{tag}.log"
             self.proc = spawn([*(command or [ENVOY]), "-c", cfg, "--concurrency", "1", "--disable-hot-restart",
                                "--log-level", "warn"], self.log, cpu)

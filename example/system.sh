@@ -16,6 +16,7 @@
 #   FRONT_PORT [8443]  IDSVR_PORT [8444]  API_PORT [8080]  ADMIN_PORT [9901]
 #   FORMATS_PORT [8445]  FORMATS_ADMIN_PORT [9902]   (envoy-formats, used by the tests)
 #   ENVOY_BIN [.venv/bin/envoy]  API_BIN [target/release/certbound-example-api]  NODE [node]
+#   ENVOY_CONFIG_BIN [target/debug/envoy-config]   the Envoy configuration generator (make envoy-config)
 #   CERTS_DIR [certs/out]  READY_TIMEOUT [90] seconds per service
 #   CERTBOUND_PARENT_PID       if set, everything is stopped when that process exits (tests)
 #   IDSVR_ACCESS_TOKEN_TTL, IDSVR_STATE_DIR, INTROSPECT_CLIENT_SECRET   passed to the identity server
@@ -36,6 +37,7 @@ FORMATS_PORT="${FORMATS_PORT:-8445}"
 FORMATS_ADMIN_PORT="${FORMATS_ADMIN_PORT:-9902}"
 ENVOY_BIN="$(abs "${ENVOY_BIN:-.venv/bin/envoy}")"
 API_BIN="$(abs "${API_BIN:-target/release/certbound-example-api}")"
+ENVOY_CONFIG_BIN="$(abs "${ENVOY_CONFIG_BIN:-target/debug/envoy-config}")"
 NODE="${NODE:-node}"
 CERTS_DIR="$(abs "${CERTS_DIR:-certs/out}")"
 READY_TIMEOUT="${READY_TIMEOUT:-90}"
@@ -116,6 +118,7 @@ require_tools() { # services...
       api) [[ -x "$API_BIN" ]] || die "the API binary $API_BIN is missing: run 'cargo build --release -p certbound-example-api' (make demo does it)" ;;
       envoy | envoy-formats)
         [[ -x "$ENVOY_BIN" ]] || die "Envoy not found at $ENVOY_BIN: run 'make setup'"
+        [[ -x "$ENVOY_CONFIG_BIN" ]] || die "the Envoy configuration generator is not built at $ENVOY_CONFIG_BIN: run 'make envoy-config'"
         [[ -f target/wasm32-wasip1/release/certbound.wasm ]] || die "the filter is not built: run 'make build'"
         ;;
     esac
@@ -125,16 +128,12 @@ require_tools() { # services...
   done
 }
 
-# Envoy's configuration with this run's ports (the files in envoy/ use the default ports).
+# Envoy's configuration with this run's ports (the files in envoy/ use the default ports), rendered by
+# the one generator of Envoy configurations (tools/envoy-config).
 render_envoy() { # source destination
-  sed -E \
-    -e "s/port_value: 8443([^0-9]|$)/port_value: $FRONT_PORT\1/" \
-    -e "s/port_value: 8444([^0-9]|$)/port_value: $IDSVR_PORT\1/" \
-    -e "s/port_value: 8080([^0-9]|$)/port_value: $API_PORT\1/" \
-    -e "s/port_value: 9901([^0-9]|$)/port_value: $ADMIN_PORT\1/" \
-    -e "s/port_value: 8445([^0-9]|$)/port_value: $FORMATS_PORT\1/" \
-    -e "s/port_value: 9902([^0-9]|$)/port_value: $FORMATS_ADMIN_PORT\1/" \
-    "$1" >"$2"
+  "$ENVOY_CONFIG_BIN" front-proxy "$1" \
+    --port "8443=$FRONT_PORT" --port "8444=$IDSVR_PORT" --port "8080=$API_PORT" \
+    --port "9901=$ADMIN_PORT" --port "8445=$FORMATS_PORT" --port "9902=$FORMATS_ADMIN_PORT" >"$2"
 }
 
 launch() { # service
@@ -159,7 +158,7 @@ launch() { # service
     envoy | envoy-formats)
       local src="envoy/envoy.yaml" admin="$ADMIN_PORT"
       [[ "$s" == envoy-formats ]] && src="envoy/envoy-formats.yaml" admin="$FORMATS_ADMIN_PORT"
-      render_envoy "$src" "$RUN_DIR/$s.yaml"
+      render_envoy "$src" "$RUN_DIR/$s.yaml" || die "cannot render $src (the generator said why, above)"
       (
         exec "$ENVOY_BIN" -c "$RUN_DIR/$s.yaml" --disable-hot-restart --base-id "$admin" \
           --log-level warn --component-log-level wasm:info

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{certs_dir, envoy_bin, free_port, wasm_path};
 
@@ -277,119 +277,35 @@ pub(crate) fn admin_client() -> reqwest::blocking::Client {
         .expect("admin client")
 }
 
-fn static_cluster(name: &str, port: u16) -> Value {
-    json!({
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "lb_policy": "ROUND_ROBIN",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                "socket_address": {"address": "127.0.0.1", "port_value": port}
-            }}}]}]
-        }
-    })
-}
-
 /// `vm_config.code`: the local file, or the remote download of `opts.remote`.
 fn module_code(opts: &EnvoyOpts) -> Value {
     match &opts.remote {
-        None => json!({"local": {"filename": opts.wasm.display().to_string()}}),
-        Some(remote) => json!({"remote": {
-            "http_uri": {
-                "uri": format!("http://127.0.0.1:{}/certbound.wasm", remote.port),
-                "cluster": "wasm_server",
-                "timeout": "10s"
-            },
-            "sha256": remote.sha256,
-            "retry_policy": {
-                "num_retries": remote.num_retries,
-                "retry_back_off": {"base_interval": "0.1s", "max_interval": "0.2s"}
-            }
-        }}),
+        None => envoy_config::local_code(&opts.wasm),
+        Some(r) => envoy_config::remote_code(r.port, &r.sha256, r.num_retries),
     }
 }
 
-/// The bootstrap (JSON, which Envoy reads as YAML): one mTLS listener, the filter, two clusters.
+/// The bootstrap, from the one generator of Envoy configurations (tools/envoy-config): one
+/// mutual-TLS listener, the filter, the clusters.
 fn bootstrap(opts: &EnvoyOpts, listener_port: u16, admin_port: u16) -> Value {
-    let certs = certs_dir();
-    let file = |name: &str| json!({"filename": certs.join(name).display().to_string()});
-    let mut http_filters = Vec::new();
-    if let Some(filter) = &opts.filter {
-        http_filters.push(json!({
-            "name": "envoy.filters.http.wasm",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                "config": {
-                    "name": "certbound",
-                    "root_id": "certbound",
-                    "vm_config": {
-                        "vm_id": "certbound",
-                        "runtime": "envoy.wasm.runtime.v8",
-                        "code": module_code(opts)
-                    },
-                    "configuration": {
-                        "@type": "type.googleapis.com/google.protobuf.StringValue",
-                        "value": filter.to_string()
-                    },
-                    "fail_open": false
-                }
-            }
-        }));
-    }
+    let http_filters = opts
+        .filter
+        .iter()
+        .map(|f| envoy_config::wasm_filter("certbound", module_code(opts), Some(f)))
+        .collect();
     let mut clusters = vec![
-        static_cluster("introspection", opts.introspection_port),
-        static_cluster("upstream", opts.upstream_port),
+        envoy_config::static_cluster("introspection", opts.introspection_port),
+        envoy_config::static_cluster("upstream", opts.upstream_port),
     ];
     if let Some(remote) = &opts.remote {
-        clusters.push(static_cluster("wasm_server", remote.port));
+        clusters.push(envoy_config::static_cluster("wasm_server", remote.port));
     }
-    http_filters.push(json!({
-        "name": "envoy.filters.http.router",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
-    }));
-    json!({
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "static_resources": {
-            "listeners": [{
-                "name": "api",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listener_port}},
-                "filter_chains": [{
-                    "transport_socket": {
-                        "name": "envoy.transport_sockets.tls",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-                            "require_client_certificate": opts.require_client_certificate,
-                            "common_tls_context": {
-                                "tls_certificates": [{
-                                    "certificate_chain": file("example.tls.pem"),
-                                    "private_key": file("example.tls.key")
-                                }],
-                                "validation_context": {"trusted_ca": file("trust.pem")}
-                            }
-                        }
-                    },
-                    "filters": [{
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                            "stat_prefix": "api",
-                            "codec_type": "AUTO",
-                            "route_config": {
-                                "name": "api",
-                                "virtual_hosts": [{
-                                    "name": "all",
-                                    "domains": ["*"],
-                                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
-                                }]
-                            },
-                            "http_filters": http_filters
-                        }
-                    }]
-                }]
-            }],
-            "clusters": clusters
-        }
-    })
+    let tls = envoy_config::downstream_tls(&certs_dir(), opts.require_client_certificate);
+    let listener = envoy_config::api_listener(
+        listener_port,
+        tls,
+        envoy_config::routes_to("upstream"),
+        http_filters,
+    );
+    envoy_config::bootstrap(admin_port, vec![listener], clusters)
 }
