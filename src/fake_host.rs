@@ -8,7 +8,7 @@ use crate::cache::SharedStore;
 use crate::deny::Reply;
 use crate::flow::{Call, CallAnswer};
 use crate::headers::Headers;
-use crate::host::Host;
+use crate::host::{Host, Level};
 use crate::http::Http;
 use crate::root::Root;
 use proxy_wasm::types::Action;
@@ -51,6 +51,7 @@ pub struct State {
     pub counter_names: Vec<String>,
     pub counters: HashMap<u32, u64>,
     pub tick_ms: Option<u64>,
+    pub logs: Vec<(Level, String)>,
 }
 
 #[derive(Clone, Default)]
@@ -180,6 +181,10 @@ impl Host for FakeHost {
     fn set_tick_period_ms(&self, ms: u64) -> bool {
         self.0.borrow_mut().tick_ms = Some(ms);
         true
+    }
+
+    fn log(&self, level: Level, message: &str) {
+        self.0.borrow_mut().logs.push((level, message.to_string()));
     }
 }
 

@@ -83,8 +83,17 @@ impl CallAnswer {
 pub enum Verdict {
     /// Forward it, with `header_writes` of this entry (always an active token).
     Allow(Rc<Entry>),
-    /// Reply locally with this; nothing more is done for the request.
-    Deny(DenyReason, Reply),
+    /// Reply locally; nothing more is done for the request.
+    Deny(Denial),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Denial {
+    pub reason: DenyReason,
+    pub reply: Reply,
+    /// The warning to log: the reason, the certificate's thumbprint and the token's `jti`, never
+    /// the token.
+    pub log: String,
 }
 
 /// What a new request leads to.
@@ -481,7 +490,7 @@ fn deny(
     jti: Option<&str>,
 ) -> Verdict {
     let x5t = w.thumbprint.as_ref().map(Thumbprint::to_x5t);
-    log::warn!(
+    let log = format!(
         "denied {} ({}): client certificate x5t#S256={} jti={}",
         reason.metric(),
         reason.detail(),
@@ -490,7 +499,7 @@ fn deny(
     );
     st.tally.count(Metric::Denied(reason));
     let reply = deny::reply(reason, &cfg.realm, &cfg.policy(w.route).required_scopes);
-    Verdict::Deny(reason, reply)
+    Verdict::Deny(Denial { reason, reply, log })
 }
 
 fn token_cache(cfg: &Config) -> TokenCache<'_> {

@@ -8,8 +8,16 @@ use crate::deny::Reply;
 use crate::flow::{Call, CallAnswer};
 use crate::headers::Headers;
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
+use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
 use std::time::{Duration, UNIX_EPOCH};
+
+/// How much a log line matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
 
 /// What certbound needs from the proxy. Shared data (`SharedStore`) is shared by every worker of
 /// one VM id; everything else acts on the current (effective) context.
@@ -41,6 +49,8 @@ pub trait Host: SharedStore {
     fn increment_counter(&self, id: u32, by: u64);
     /// Asks for the root context's timer every `ms` milliseconds. False if the host refused.
     fn set_tick_period_ms(&self, ms: u64) -> bool;
+    /// Writes a line to the proxy's log. Never a token, a secret or a whole header.
+    fn log(&self, level: Level, message: &str);
 }
 
 /// The proxy-wasm host.
@@ -185,5 +195,14 @@ impl Host for ProxyHost {
 
     fn set_tick_period_ms(&self, ms: u64) -> bool {
         hostcalls::set_tick_period(Duration::from_millis(ms)).is_ok()
+    }
+
+    fn log(&self, level: Level, message: &str) {
+        let level = match level {
+            Level::Info => LogLevel::Info,
+            Level::Warn => LogLevel::Warn,
+            Level::Error => LogLevel::Error,
+        };
+        let _ = hostcalls::log(level, message);
     }
 }

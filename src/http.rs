@@ -6,7 +6,7 @@ use crate::binding;
 use crate::cache::TokenKey;
 use crate::deny::{self, DenyReason};
 use crate::flow::{self, Next, RequestFacts, Start, Verdict};
-use crate::host::{Host, ProxyHost};
+use crate::host::{Host, Level, ProxyHost};
 use crate::worker::Worker;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -25,7 +25,7 @@ pub struct Http<H: Host> {
 /// host that calls one callback at a time, or the filter is not configured): fail closed.
 fn refuse(host: &impl Host, why: &'static str, realm: &str) -> Action {
     let reason = DenyReason::IntrospectionUnavailable(why);
-    log::error!("refused a request: {why}");
+    host.log(Level::Error, &format!("refused a request: {why}"));
     host.send_reply(&deny::reply(reason, realm, &[]));
     Action::Pause
 }
@@ -124,7 +124,8 @@ impl<H: Host> Http<H> {
         match sent {
             Ok(_) => st.tally.count(call.kind.metric()),
             Err(status) => {
-                log::warn!("{:?} dispatch failed: {status}", call.kind);
+                let what = format!("{:?} dispatch failed: {status}", call.kind);
+                self.host.log(Level::Warn, &what);
                 let now = self.host.now();
                 let verdicts =
                     flow::on_dispatch_failed(&worker.config, &mut st, &self.host, key, now);
@@ -160,8 +161,9 @@ impl<H: Host> Http<H> {
                 }
                 Action::Continue
             }
-            Verdict::Deny(_, reply) => {
-                self.host.send_reply(reply);
+            Verdict::Deny(denial) => {
+                self.host.log(Level::Warn, &denial.log);
+                self.host.send_reply(&denial.reply);
                 Action::Pause
             }
         }

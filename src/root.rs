@@ -3,7 +3,7 @@
 //! (so that a cache hit makes neither a clock nor a counter host call).
 
 use crate::config;
-use crate::host::{Host, ProxyHost};
+use crate::host::{Host, Level, ProxyHost};
 use crate::http::Http;
 use crate::metrics;
 use crate::worker::Worker;
@@ -39,7 +39,8 @@ impl<H: Host + Clone> Root<H> {
             Ok(c) => c,
             Err(e) => {
                 // The error names a field; it never echoes the configuration's values.
-                log::error!("invalid configuration: {e}");
+                self.host
+                    .log(Level::Error, &format!("invalid configuration: {e}"));
                 return false;
             }
         };
@@ -47,19 +48,22 @@ impl<H: Host + Clone> Root<H> {
             .map(|n| self.host.define_counter(&n))
             .collect();
         if counters.iter().any(Option::is_none) {
-            log::error!("cannot define the counters");
+            self.host.log(Level::Error, "cannot define the counters");
             return false;
         }
-        log::info!(
-            "certbound {} configured: format {}, configuration fingerprint {}",
-            env!("CARGO_PKG_VERSION"),
-            config.introspection.format.name(),
-            config.fingerprint
+        self.host.log(
+            Level::Info,
+            &format!(
+                "certbound {} configured: format {}, configuration fingerprint {}",
+                env!("CARGO_PKG_VERSION"),
+                config.introspection.format.name(),
+                config.fingerprint
+            ),
         );
         let worker = Worker::new(config);
         worker.clock.set(self.host.now());
         if !self.host.set_tick_period_ms(TICK_MS) {
-            log::error!("cannot start the timer");
+            self.host.log(Level::Error, "cannot start the timer");
             return false;
         }
         self.worker = Some(Rc::new(worker));

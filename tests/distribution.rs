@@ -9,7 +9,6 @@
 mod common;
 
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -273,10 +272,7 @@ impl Registry {
         fs::create_dir_all(&storage).expect("registry storage");
         let mut last_log = String::new();
         for _ in 0..3 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map(|a| a.port())
-                .expect("free port");
+            let port = common::free_port();
             let config = dir.join("config.yml");
             fs::write(
                 &config,
@@ -309,11 +305,7 @@ impl Registry {
 
     /// GET /v2/ answers 200 (the registry API is up).
     fn wait_ready(&mut self) -> bool {
-        let http = reqwest::blocking::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .expect("client");
+        let http = common::plain_client(Duration::from_secs(2));
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {

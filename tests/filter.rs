@@ -173,10 +173,7 @@ fn harness_thumbprint_matches_openssl() {
 #[test]
 fn harness_introspection_server_speaks_each_format() {
     use jwt_simple::prelude::*;
-    let http = reqwest::blocking::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap();
+    let http = common::plain_client(std::time::Duration::from_secs(10));
     let key = introspection::signing_key().public_key();
     for format in Format::ALL {
         let idp = Introspection::start(format);

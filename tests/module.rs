@@ -1,5 +1,6 @@
-//! The built module's exports: the Makefile keeps exactly the callbacks certbound implements.
-//! (That `make build` is idempotent is checked by `make test` itself: `check-build`.)
+//! The module's shape: the Makefile exports exactly the callbacks certbound implements, the files
+//! of `src/` import no cycle, and only the entry point, the host seam and the context adapters use
+//! the proxy-wasm SDK. (That `make build` is idempotent is checked by `make test`: `check-build`.)
 
 // clippy.toml allows these in #[test] functions; the helpers of a test crate need it too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -119,4 +120,129 @@ fn the_makefile_exports_exactly_the_callbacks_certbound_implements() {
          src/http.rs implement: a callback without its export is never called, an export without \
          its callback costs a call into the VM per request"
     );
+}
+
+/// `crate::<module>` names each file of `src/` uses (`use crate::a::…`, `crate::a::f(…)`).
+fn imports(source: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (i, _) in source.match_indices("crate::") {
+        let rest = &source[i + "crate::".len()..];
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if !name.is_empty() {
+            out.insert(name);
+        }
+    }
+    // `use crate::{a, b}`.
+    for (i, _) in source.match_indices("crate::{") {
+        let list = &source[i + "crate::{".len()..];
+        let list = &list[..list.find('}').unwrap_or(0)];
+        out.extend(
+            list.split(',')
+                .map(|n| n.trim().split("::").next().unwrap_or_default().to_string()),
+        );
+    }
+    out
+}
+
+/// The modules of `src/` (one file each, `src/flow/tests.rs` counting as `flow`), without tests.
+fn modules() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(repo().join("src")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            let name = path.file_stem().unwrap().to_string_lossy().to_string();
+            let source = fs::read_to_string(&path).unwrap();
+            // What only the tests use, and what comments mention, does not count.
+            let source: String = source
+                .split("#[cfg(test)]\nmod tests")
+                .next()
+                .unwrap()
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            out.push((name, source));
+        }
+    }
+    out
+}
+
+#[test]
+fn no_file_of_src_imports_one_that_imports_it_back() {
+    let modules = modules();
+    let names: BTreeSet<String> = modules.iter().map(|(n, _)| n.clone()).collect();
+    let graph: Vec<(String, BTreeSet<String>)> = modules
+        .iter()
+        .map(|(n, s)| {
+            let deps = imports(s)
+                .into_iter()
+                .filter(|d| names.contains(d) && d != n)
+                .collect();
+            (n.clone(), deps)
+        })
+        .collect();
+    assert!(
+        graph.iter().any(|(n, d)| n == "http" && d.contains("flow")),
+        "{graph:?}"
+    );
+    // Depth-first search for a cycle.
+    fn visit(
+        node: &str,
+        graph: &[(String, BTreeSet<String>)],
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) {
+        if let Some(start) = path.iter().position(|p| p == node) {
+            panic!(
+                "an import cycle in src/: {} -> {node}",
+                path[start..].join(" -> ")
+            );
+        }
+        if done.contains(node) {
+            return;
+        }
+        path.push(node.to_string());
+        let deps = graph
+            .iter()
+            .find(|(n, _)| n == node)
+            .map(|(_, d)| d.clone());
+        for d in deps.unwrap_or_default() {
+            visit(&d, graph, path, done);
+        }
+        path.pop();
+        done.insert(node.to_string());
+    }
+    let mut done = BTreeSet::new();
+    for (n, _) in &graph {
+        visit(n, &graph, &mut Vec::new(), &mut done);
+    }
+}
+
+#[test]
+fn only_the_entry_point_the_host_seam_and_the_adapters_use_the_sdk() {
+    let allowed = ["lib", "host", "root", "http", "fake_host"];
+    for (name, source) in modules() {
+        if !allowed.contains(&name.as_str()) {
+            assert!(
+                !source.contains("proxy_wasm"),
+                "src/{name}.rs uses proxy_wasm: host calls go through the Host trait (src/host.rs)"
+            );
+        }
+    }
+    for dir in ["config/src", "jose/src"] {
+        for entry in fs::read_dir(repo().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                let source = fs::read_to_string(&path).unwrap();
+                assert!(
+                    !source.contains("proxy_wasm"),
+                    "{} uses proxy_wasm",
+                    path.display()
+                );
+            }
+        }
+    }
 }

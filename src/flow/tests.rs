@@ -673,3 +673,49 @@ fn an_unconfigured_filter_refuses_every_request() {
     assert_eq!(p.status(a), 503);
     assert!(p.calls().is_empty());
 }
+
+#[test]
+fn a_deny_is_logged_with_reason_thumbprint_and_jti_and_never_the_token() {
+    let secret = "opaque-secret-token-4711";
+    let mut p = Proxy::new(&config("json"), NOW);
+    let a = p.get(PATH, secret, Some(MINE));
+    let stolen = p.get(PATH, secret, Some(OTHER));
+    p.answer(a, 200, &[], &active_json(MINE));
+    assert_eq!(p.status(stolen), 401);
+    let bad = p.get(PATH, "garbage-token-0815", Some(MINE));
+    p.answer(bad, 200, &[], b"<html>");
+    let logs = p.host.0.borrow().logs.clone();
+    let denials: Vec<&String> = logs
+        .iter()
+        .filter(|(level, line)| *level == crate::host::Level::Warn && line.starts_with("denied "))
+        .map(|(_, line)| line)
+        .collect();
+    assert_eq!(denials.len(), 2, "one line per deny: {logs:?}");
+    assert!(
+        denials[0].contains("certificate_mismatch"),
+        "{}",
+        denials[0]
+    );
+    assert!(denials[0].contains(&OTHER.to_x5t()), "{}", denials[0]);
+    assert!(denials[0].contains("jti=j-1"), "{}", denials[0]);
+    assert!(
+        denials[1].contains("introspection_bad_response"),
+        "{}",
+        denials[1]
+    );
+    for (_, line) in &logs {
+        assert!(
+            !line.contains(secret) && !line.contains("garbage-token"),
+            "a token in the log: {line}"
+        );
+        assert!(
+            !line.contains("s3cret"),
+            "the client secret in the log: {line}"
+        );
+    }
+    // The configuration is announced once, by its fingerprint, not its content.
+    assert!(logs
+        .iter()
+        .any(|(l, line)| *l == crate::host::Level::Info
+            && line.contains("configuration fingerprint")));
+}

@@ -270,11 +270,7 @@ fn preconditions(opts: &EnvoyOpts) -> Result<(), StartError> {
 }
 
 pub(crate) fn admin_client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("admin client")
+    super::plain_client(Duration::from_secs(5))
 }
 
 /// `vm_config.code`: the local file, or the remote download of `opts.remote`.

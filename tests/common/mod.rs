@@ -9,7 +9,7 @@ pub mod upstream;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -153,29 +153,52 @@ pub fn filter_config(format: Format) -> Value {
     config
 }
 
-/// A client for `https://api.example.com:<port>` (resolved to 127.0.0.1), trusting `root.pem`,
-/// presenting `CERTS_DIR/<cert_name>.pem` + `.key` if given.
-pub fn client(listener_port: u16, cert_name: Option<&str>) -> reqwest::blocking::Client {
-    let dir = certs_dir();
-    let root = std::fs::read(dir.join("root.pem")).expect("read root.pem");
+/// A plain HTTP client (admin interfaces, local servers): no proxy, `timeout` per request.
+pub fn plain_client(timeout: Duration) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(timeout)
+        .build()
+        .expect("HTTP client")
+}
+
+/// An HTTPS client builder as a partner has it: rustls trusting only `CERTS_DIR/root.pem`, the
+/// example's `hosts` resolved to 127.0.0.1 on their ports, no proxy, and the client certificate
+/// and key of `identity` (PEM files) when given.
+pub fn mtls_client_builder(
+    hosts: &[(&str, u16)],
+    identity: Option<(&Path, &Path)>,
+) -> reqwest::blocking::ClientBuilder {
+    let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+    let root = read(&certs_dir().join("root.pem"));
     let mut builder = reqwest::blocking::Client::builder()
         .use_rustls_tls()
         .no_proxy()
         .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&root).expect("root.pem"))
-        .resolve(
-            "api.example.com",
-            SocketAddr::from(([127, 0, 0, 1], listener_port)),
-        )
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30));
-    if let Some(name) = cert_name {
-        let mut pem = std::fs::read(dir.join(format!("{name}.pem"))).expect("read client cert");
+        .add_root_certificate(reqwest::Certificate::from_pem(&root).expect("root.pem"));
+    for (host, port) in hosts {
+        builder = builder.resolve(host, SocketAddr::from(([127, 0, 0, 1], *port)));
+    }
+    if let Some((cert, key)) = identity {
+        let mut pem = read(cert);
         pem.push(b'\n');
-        pem.extend(std::fs::read(dir.join(format!("{name}.key"))).expect("read client key"));
+        pem.extend(read(key));
         builder = builder.identity(reqwest::Identity::from_pem(&pem).expect("client identity"));
     }
-    builder.build().expect("build client")
+    builder
+}
+
+/// A client for `https://api.example.com:<port>` presenting `CERTS_DIR/<cert_name>.pem` + `.key`
+/// if given.
+pub fn client(listener_port: u16, cert_name: Option<&str>) -> reqwest::blocking::Client {
+    let dir = certs_dir();
+    let files = cert_name.map(|n| (dir.join(format!("{n}.pem")), dir.join(format!("{n}.key"))));
+    let identity = files.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+    mtls_client_builder(&[("api.example.com", listener_port)], identity)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("build client")
 }
 
 /// A reply as the client saw it.

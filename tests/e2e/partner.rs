@@ -1,15 +1,13 @@
 //! A partner (or an attacker) as a real HTTPS client: reqwest with rustls, the example root CA, a
 //! client certificate, and the example's host names resolved to the front proxies' ports.
 
-use std::fs;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use reqwest::blocking::Client;
 use serde_json::Value;
 
-use super::common::certs_dir;
+use super::common::{self, certs_dir};
 use super::system::Ports;
 
 /// The host names of the example, each with the port of the front proxy that serves it.
@@ -57,25 +55,13 @@ impl Partner {
         cert_and_key: Option<(PathBuf, PathBuf)>,
         ports: Ports,
     ) -> Partner {
-        let root = fs::read(certs_dir().join("root.pem")).expect("read root.pem");
-        let mut builder = Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(&root).expect("root.pem"))
+        let identity = cert_and_key
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path()));
+        let builder = common::mtls_client_builder(&hosts(&ports), identity)
             .timeout(Duration::from_secs(15))
-            .no_proxy()
             // A new connection (and TLS handshake) for every request: each call is judged afresh.
             .pool_max_idle_per_host(0);
-        for (host, port) in hosts(&ports) {
-            builder = builder.resolve(host, SocketAddr::from(([127, 0, 0, 1], port)));
-        }
-        if let Some((cert, key)) = cert_and_key {
-            let mut pem =
-                fs::read(&cert).unwrap_or_else(|e| panic!("read {}: {e}", cert.display()));
-            pem.push(b'\n');
-            pem.extend(fs::read(&key).unwrap_or_else(|e| panic!("read {}: {e}", key.display())));
-            builder = builder.identity(reqwest::Identity::from_pem(&pem).expect("client identity"));
-        }
         Partner {
             name: name.to_string(),
             client: builder.build().expect("HTTPS client"),

@@ -218,9 +218,5 @@ impl Drop for System {
 }
 
 pub fn plain_client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .no_proxy()
-        .build()
-        .expect("HTTP client")
+    common::plain_client(Duration::from_secs(10))
 }
