@@ -15,19 +15,14 @@ impl std::fmt::Debug for Thumbprint {
     }
 }
 
-/// The thumbprint of the connection's client certificate, from the connection's properties:
-/// Envoy's `sha256_peer_certificate_digest`, else the PEM in `peer_certificate`.
+/// The thumbprint of the connection's client certificate: Envoy's
+/// `connection.sha256_peer_certificate_digest` (lower-case hex). Nothing else is believed: a
+/// fallback to `connection.peer_certificate` was never seen to work in Envoy, so it is not read.
 pub fn client_thumbprint(property: impl Fn(&str) -> Option<Vec<u8>>) -> Option<Thumbprint> {
-    if let Some(digest) = property("sha256_peer_certificate_digest") {
-        if let Some(t) = std::str::from_utf8(&digest)
-            .ok()
-            .and_then(Thumbprint::from_hex_digest)
-        {
-            return Some(t);
-        }
-    }
-    let pem = property("peer_certificate")?;
-    Thumbprint::from_pem(std::str::from_utf8(&pem).ok()?)
+    let digest = property("sha256_peer_certificate_digest")?;
+    std::str::from_utf8(&digest)
+        .ok()
+        .and_then(Thumbprint::from_hex_digest)
 }
 
 impl Thumbprint {

@@ -6,6 +6,7 @@
 
 use crate::binding::Thumbprint;
 use crate::jwks::KeySet;
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -63,10 +64,23 @@ impl TokenKey {
     }
 }
 
+/// How an active token is bound to its holder (RFC 7800 `cnf`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Binding {
+    /// No confirmation method: a bearer token.
+    #[default]
+    Unbound,
+    /// `x5t#S256`: the SHA-256 thumbprint of the client certificate (RFC 8705).
+    Certificate(Thumbprint),
+    /// A confirmation method certbound cannot check (`jkt` of DPoP, `jwk`, …), alone or beside
+    /// `x5t#S256`: the token is refused, never taken for a bearer token.
+    Unverifiable,
+}
+
 /// What is known about an active token once introspected and verified.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ActiveToken {
-    pub cnf: Option<Thumbprint>,
+    pub cnf: Binding,
     /// Space-separated, as in the token's `scope`.
     pub scope: String,
     pub client_id: Option<String>,
@@ -109,23 +123,74 @@ pub fn positive_expiry(
     (ttl > 0).then(|| now + ttl)
 }
 
+/// What makes a value in shared data this configuration's own: an HMAC-SHA-256 keyed by the
+/// configuration's fingerprint and the introspection client's secret. Another plugin sharing the
+/// `vm_id` cannot forge an entry without the secret, and a value written under another
+/// configuration is simply not there.
+pub struct Seal(Hmac<Sha256>);
+
+const SEAL_LEN: usize = 32;
+
+impl Seal {
+    pub fn new(fingerprint: &str, secret: &str) -> Seal {
+        let mut key = Sha256::new_with_prefix(b"certbound shared-data seal 1");
+        for part in [fingerprint, secret] {
+            key.update((part.len() as u64).to_le_bytes());
+            key.update(part.as_bytes());
+        }
+        let key: [u8; 32] = key.finalize().into();
+        // HMAC takes a key of any length: this cannot fail.
+        Seal(Hmac::new_from_slice(&key).unwrap_or_else(|_| unreachable_seal()))
+    }
+
+    /// `value` with its MAC appended.
+    pub fn seal(&self, mut value: Vec<u8>) -> Vec<u8> {
+        let mut mac = self.0.clone();
+        mac.update(&value);
+        value.extend_from_slice(&mac.finalize().into_bytes());
+        value
+    }
+
+    /// The value of `sealed` if its MAC is this seal's (compared in constant time).
+    pub fn open<'a>(&self, sealed: &'a [u8]) -> Option<&'a [u8]> {
+        let (value, tag) = sealed.split_at_checked(sealed.len().checked_sub(SEAL_LEN)?)?;
+        let mut mac = self.0.clone();
+        mac.update(value);
+        mac.verify_slice(tag).ok().map(|_| value)
+    }
+}
+
+/// `Hmac::new_from_slice` only refuses keys for MACs of fixed key length, which HMAC is not.
+#[cold]
+fn unreachable_seal() -> Hmac<Sha256> {
+    <Hmac<Sha256> as hmac::digest::KeyInit>::new(&Default::default())
+}
+
+/// The token cache in shared data. Its keys do not depend on the configuration: however often the
+/// proxy is reconfigured, at most `max_entries` slots exist per namespace (an entry made under an
+/// old configuration is a miss, since its token key differs, and is overwritten like an expired
+/// one).
 pub struct TokenCache<'a> {
     pub namespace: &'a str,
-    pub fingerprint: &'a str,
+    pub seal: &'a Seal,
     pub max_entries: u32,
 }
 
 impl TokenCache<'_> {
     fn slot_key(&self, slot: u32) -> String {
-        format!("{}/{}/token/{slot}", self.namespace, self.fingerprint)
+        format!("{}/token/{slot}", self.namespace)
+    }
+
+    fn read(&self, store: &dyn SharedStore, slot: &str) -> Option<(Option<Entry>, Option<u32>)> {
+        let (bytes, cas) = store.get(slot)?;
+        Some((self.seal.open(&bytes).and_then(decode), cas))
     }
 
     /// The live entry for `key`, if any.
     pub fn lookup(&self, store: &dyn SharedStore, key: &TokenKey, now: u64) -> Option<Entry> {
         key.slots(self.max_entries).into_iter().find_map(|slot| {
-            let (bytes, _) = store.get(&self.slot_key(slot))?;
-            let entry = decode(&bytes)?;
-            (entry.key == *key && entry.expires_at > now).then_some(entry)
+            let (entry, _) = self.read(store, &self.slot_key(slot))?;
+            entry.filter(|e| e.key == *key && e.expires_at > now)
         })
     }
 
@@ -135,20 +200,20 @@ impl TokenCache<'_> {
         let mut best: Option<(u64, String, Option<u32>)> = None;
         for slot in entry.key.slots(self.max_entries) {
             let key = self.slot_key(slot);
-            let (rank, cas) = match store.get(&key) {
+            let (rank, cas) = match self.read(store, &key) {
                 None => (0, None),
-                Some((bytes, cas)) => match decode(&bytes) {
-                    Some(old) if old.key == entry.key => (0, cas),
-                    Some(old) if old.expires_at > now => (old.expires_at, cas),
-                    _ => (0, cas),
-                },
+                Some((Some(old), cas)) if old.key != entry.key && old.expires_at > now => {
+                    (old.expires_at, cas)
+                }
+                // Ours, expired, corrupt, or another configuration's.
+                Some((_, cas)) => (0, cas),
             };
             if best.as_ref().is_none_or(|(r, _, _)| rank < *r) {
                 best = Some((rank, key, cas));
             }
         }
         if let Some((_, key, cas)) = best {
-            store.set(&key, &encode(entry), cas);
+            store.set(&key, &self.seal.seal(encode(entry)), cas);
         }
     }
 }
@@ -206,7 +271,7 @@ impl Hasher for KeyHasher {
 
 // ---- a compact binary encoding: a cache hit decodes it on every request ----
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u32).to_le_bytes());
@@ -233,11 +298,12 @@ pub fn encode(e: &Entry) -> Vec<u8> {
         TokenState::Active(t) => {
             out.push(1);
             match &t.cnf {
-                Some(c) => {
+                Binding::Unbound => out.push(0),
+                Binding::Certificate(c) => {
                     out.push(1);
                     out.extend_from_slice(&c.0);
                 }
-                None => out.push(0),
+                Binding::Unverifiable => out.push(2),
             }
             put_str(&mut out, &t.scope);
             put_opt(&mut out, t.client_id.as_deref());
@@ -295,8 +361,9 @@ pub fn decode(bytes: &[u8]) -> Option<Entry> {
         0 => TokenState::Inactive,
         1 => {
             let cnf = match r.byte()? {
-                0 => None,
-                1 => Some(Thumbprint(r.array()?)),
+                0 => Binding::Unbound,
+                1 => Binding::Certificate(Thumbprint(r.array()?)),
+                2 => Binding::Unverifiable,
                 _ => return None,
             };
             let scope = r.string()?;
@@ -328,20 +395,22 @@ pub fn decode(bytes: &[u8]) -> Option<Entry> {
 
 // ---- the key set's copy in shared data ----
 
-/// The key set in shared data, shared by every worker: `fetched_at` (u64 LE) then the raw JWKS.
+/// The key set in shared data, shared by every worker: `fetched_at` (u64 LE) then the raw JWKS,
+/// sealed. One key per namespace, whatever the configuration.
 pub struct JwksStore<'a> {
     pub namespace: &'a str,
-    pub fingerprint: &'a str,
+    pub seal: &'a Seal,
 }
 
 impl JwksStore<'_> {
     fn key(&self) -> String {
-        format!("{}/{}/jwks", self.namespace, self.fingerprint)
+        format!("{}/jwks", self.namespace)
     }
 
     /// The stored key set and when it was fetched.
     pub fn load(&self, store: &dyn SharedStore) -> Option<(u64, KeySet)> {
-        let (bytes, _) = store.get(&self.key())?;
+        let (sealed, _) = store.get(&self.key())?;
+        let bytes = self.seal.open(&sealed)?;
         let (time, raw) = bytes.split_at_checked(8)?;
         let fetched_at = u64::from_le_bytes(time.try_into().ok()?);
         Some((fetched_at, KeySet::parse(raw).ok()?))
@@ -351,7 +420,7 @@ impl JwksStore<'_> {
         let mut value = Vec::with_capacity(8 + raw.len());
         value.extend_from_slice(&now.to_le_bytes());
         value.extend_from_slice(raw);
-        store.set(&self.key(), &value, None);
+        store.set(&self.key(), &self.seal.seal(value), None);
     }
 }
 
@@ -382,10 +451,15 @@ mod tests {
         }
     }
 
+    fn seal() -> &'static Seal {
+        static SEAL: std::sync::OnceLock<Seal> = std::sync::OnceLock::new();
+        SEAL.get_or_init(|| Seal::new("0011223344556677", "s3cret"))
+    }
+
     fn cache(max_entries: u32) -> TokenCache<'static> {
         TokenCache {
             namespace: "certbound",
-            fingerprint: "0011223344556677",
+            seal: seal(),
             max_entries,
         }
     }
@@ -395,7 +469,7 @@ mod tests {
             key: TokenKey::new("certbound", "0011223344556677", token),
             expires_at,
             state: TokenState::Active(ActiveToken {
-                cnf: Some(Thumbprint([7; 32])),
+                cnf: Binding::Certificate(Thumbprint([7; 32])),
                 scope: "transactions read".into(),
                 client_id: Some("partner-client".into()),
                 jti: Some("j-1".into()),
@@ -501,6 +575,80 @@ mod tests {
         let b = active("b", 50);
         assert_eq!(c.lookup(&store, &b.key, 0), Some(b));
         assert_eq!(c.lookup(&store, &active("a", 100).key, 0), None);
+    }
+
+    #[test]
+    fn reconfigurations_leave_no_slots_behind_and_read_nothing_of_each_other() {
+        let store = MemoryStore::default();
+        let seals: Vec<Seal> = (0..20)
+            .map(|n| Seal::new(&format!("fingerprint-{n}"), "s3cret"))
+            .collect();
+        for (n, seal) in seals.iter().enumerate() {
+            let c = TokenCache {
+                namespace: "certbound",
+                seal,
+                max_entries: 64,
+            };
+            for i in 0..200 {
+                let key = TokenKey::new("certbound", &format!("fingerprint-{n}"), &format!("t{i}"));
+                let e = Entry {
+                    key,
+                    ..active("x", 1_000_000)
+                };
+                c.insert(&store, &e, 0);
+            }
+        }
+        assert!(
+            store.0.borrow().len() <= 64,
+            "{} slots",
+            store.0.borrow().len()
+        );
+        // An entry of the first configuration, copied into place, is no hit for the last one.
+        let first = TokenCache {
+            namespace: "certbound",
+            seal: &seals[0],
+            max_entries: 64,
+        };
+        let e = active("shared-token", 1_000_000);
+        first.insert(&store, &e, 0);
+        let last = TokenCache {
+            namespace: "certbound",
+            seal: &seals[19],
+            max_entries: 64,
+        };
+        assert_eq!(last.lookup(&store, &e.key, 1), None);
+        assert_eq!(first.lookup(&store, &e.key, 1), Some(e));
+    }
+
+    #[test]
+    fn an_entry_without_this_configurations_seal_is_a_miss() {
+        let store = MemoryStore::default();
+        let c = cache(1);
+        let e = active("a", 100);
+        // Well-formed, but written by someone without the secret.
+        let forged = Seal::new("0011223344556677", "guessed").seal(encode(&e));
+        store.set(&c.slot_key(0), &forged, None);
+        assert_eq!(c.lookup(&store, &e.key, 0), None);
+        let mut unsealed = encode(&e);
+        unsealed.extend_from_slice(&[0; 32]);
+        store.set(&c.slot_key(0), &unsealed, None);
+        assert_eq!(c.lookup(&store, &e.key, 0), None);
+        c.insert(&store, &e, 0);
+        assert_eq!(c.lookup(&store, &e.key, 0), Some(e));
+        // The key set likewise.
+        let keys = JwksStore {
+            namespace: "certbound",
+            seal: seal(),
+        };
+        let jwks = certbound_jose::testing::jwks_json(&[certbound_jose::testing::ps256()]);
+        keys.save(&store, 5, jwks.as_bytes());
+        assert_eq!(keys.load(&store).map(|(at, _)| at), Some(5));
+        let other = Seal::new("0011223344556677", "other");
+        let theirs = JwksStore {
+            namespace: "certbound",
+            seal: &other,
+        };
+        assert!(theirs.load(&store).is_none());
     }
 
     #[test]

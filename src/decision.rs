@@ -1,7 +1,7 @@
 //! The decision, pure: given what the token is and what the connection presented, allow or deny.
 
 use crate::binding::Thumbprint;
-use crate::cache::{ActiveToken, TokenState};
+use crate::cache::{ActiveToken, Binding, TokenState};
 use crate::config::Policy;
 use crate::deny::DenyReason;
 
@@ -17,13 +17,14 @@ pub fn decide<'a>(
         return Err(DenyReason::InactiveToken);
     };
     match (&token.cnf, presented) {
-        (None, _) if policy.require_binding => return Err(DenyReason::TokenNotBound),
-        (None, _) => {}
-        (Some(_), None) => return Err(DenyReason::NoClientCertificate),
-        (Some(bound), Some(cert)) if !bound.matches(cert) => {
+        (Binding::Unverifiable, _) => return Err(DenyReason::UnverifiableBinding),
+        (Binding::Unbound, _) if policy.require_binding => return Err(DenyReason::TokenNotBound),
+        (Binding::Unbound, _) => {}
+        (Binding::Certificate(_), None) => return Err(DenyReason::NoClientCertificate),
+        (Binding::Certificate(bound), Some(cert)) if !bound.matches(cert) => {
             return Err(DenyReason::CertificateMismatch)
         }
-        (Some(_), Some(_)) => {}
+        (Binding::Certificate(_), Some(_)) => {}
     }
     if !policy.allowed_client_ids.is_empty()
         && !token
@@ -54,7 +55,7 @@ mod tests {
 
     fn token(cnf: Option<Thumbprint>, scope: &str) -> TokenState {
         TokenState::Active(ActiveToken {
-            cnf,
+            cnf: cnf.map_or(Binding::Unbound, Binding::Certificate),
             scope: scope.into(),
             client_id: Some("partner-client".into()),
             ..Default::default()
@@ -68,6 +69,11 @@ mod tests {
         let other = Thumbprint([2; 32]);
         let bound = token(Some(mine), "transactions read");
         let unbound = token(None, "transactions");
+        let dpop = TokenState::Active(ActiveToken {
+            cnf: Binding::Unverifiable,
+            scope: "transactions".into(),
+            ..Default::default()
+        });
         let p = policy(&["transactions"], true, &[]);
         type Case<'a> = (
             &'a TokenState,
@@ -86,6 +92,14 @@ mod tests {
                 Err(InactiveToken),
             ),
             (&unbound, Some(&mine), p.clone(), Err(TokenNotBound)),
+            // A key-bound (DPoP) token is refused even where binding is optional.
+            (&dpop, Some(&mine), p.clone(), Err(UnverifiableBinding)),
+            (
+                &dpop,
+                None,
+                policy(&[], false, &[]),
+                Err(UnverifiableBinding),
+            ),
             (
                 &unbound,
                 None,

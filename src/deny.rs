@@ -18,6 +18,8 @@ pub enum DenyReason {
     InsufficientScope,
     IntrospectionUnavailable(&'static str),
     IntrospectionBadResponse(&'static str),
+    UnverifiableBinding,
+    NoRoute,
 }
 
 /// One row of the table of reasons.
@@ -47,7 +49,7 @@ const fn row(
 }
 
 /// Every reason, in the order of `DenyReason::index`.
-pub const REASONS: [ReasonInfo; 10] = [
+pub const REASONS: [ReasonInfo; 12] = [
     row(
         "missing_token",
         401,
@@ -108,6 +110,18 @@ pub const REASONS: [ReasonInfo; 10] = [
         "server_error",
         "the token could not be checked",
     ),
+    row(
+        "unverifiable_binding",
+        401,
+        "invalid_token",
+        "the access token is bound by a method this API cannot check",
+    ),
+    row(
+        "no_route",
+        403,
+        "access_denied",
+        "no route allows this request",
+    ),
 ];
 
 impl DenyReason {
@@ -124,6 +138,8 @@ impl DenyReason {
             DenyReason::InsufficientScope => 7,
             DenyReason::IntrospectionUnavailable(_) => 8,
             DenyReason::IntrospectionBadResponse(_) => 9,
+            DenyReason::UnverifiableBinding => 10,
+            DenyReason::NoRoute => 11,
         }
     }
 
@@ -197,7 +213,10 @@ pub fn reply(reason: DenyReason, realm: &str, required_scopes: &[String]) -> Rep
     let challenge = match reason {
         // RFC 6750 section 3.1: no error attribute when the request had no authentication.
         DenyReason::MissingToken => Some(format!("Bearer realm=\"{realm}\"")),
-        DenyReason::IntrospectionUnavailable(_) | DenyReason::IntrospectionBadResponse(_) => None,
+        // Not about the token: a 5xx, or a request no route allows.
+        DenyReason::IntrospectionUnavailable(_)
+        | DenyReason::IntrospectionBadResponse(_)
+        | DenyReason::NoRoute => None,
         _ => {
             let mut c = format!(
                 "Bearer realm=\"{realm}\", error=\"{}\", error_description=\"{}\"",
@@ -233,7 +252,7 @@ pub fn reply(reason: DenyReason, realm: &str, required_scopes: &[String]) -> Rep
 mod tests {
     use super::*;
 
-    const ALL: [DenyReason; 10] = [
+    const ALL: [DenyReason; 12] = [
         DenyReason::MissingToken,
         DenyReason::InvalidRequest("x"),
         DenyReason::InactiveToken,
@@ -244,6 +263,8 @@ mod tests {
         DenyReason::InsufficientScope,
         DenyReason::IntrospectionUnavailable("x"),
         DenyReason::IntrospectionBadResponse("x"),
+        DenyReason::UnverifiableBinding,
+        DenyReason::NoRoute,
     ];
 
     fn challenge(r: &Reply) -> Option<&str> {

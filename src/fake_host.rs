@@ -242,21 +242,28 @@ impl Proxy {
 
     /// A new request with `headers` on a connection that presented `cert` (none: no certificate).
     pub fn request(&mut self, headers: &[(&str, &str)], cert: Option<Thumbprint>) -> u32 {
+        let hex: Option<String> = cert.map(|t| t.0.iter().map(|b| format!("{b:02x}")).collect());
+        let digest = hex
+            .as_ref()
+            .map(|h| ("sha256_peer_certificate_digest", h.as_bytes()));
+        self.request_on(headers, digest.as_slice())
+    }
+
+    /// A new request with `headers` on a connection with these `connection.<name>` properties.
+    pub fn request_on(&mut self, headers: &[(&str, &str)], properties: &[(&str, &[u8])]) -> u32 {
         let id = self.next_id;
         self.next_id += 1;
-        let mut stream = Stream {
+        let stream = Stream {
             headers: headers
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            properties: properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_vec()))
+                .collect(),
             ..Stream::default()
         };
-        if let Some(t) = cert {
-            let hex: String = t.0.iter().map(|b| format!("{b:02x}")).collect();
-            stream
-                .properties
-                .insert("sha256_peer_certificate_digest".into(), hex.into_bytes());
-        }
         {
             let mut s = self.host.0.borrow_mut();
             s.streams.insert(id, stream);

@@ -9,7 +9,7 @@
 //! the facts and carry out what these functions return; shared data comes in as a `SharedStore`.
 
 use crate::binding::Thumbprint;
-use crate::cache::{Entry, JwksStore, SharedStore, TokenCache, TokenKey, TokenState};
+use crate::cache::{Entry, JwksStore, Seal, SharedStore, TokenCache, TokenKey, TokenState};
 use crate::config::{Config, JwtRules};
 use crate::decision;
 use crate::deny::{self, DenyReason, Reply};
@@ -18,6 +18,7 @@ use crate::introspection::{self, Answer, Failure};
 use crate::jwks::{self, KeySet};
 use crate::jwt;
 use crate::metrics::Metric;
+use crate::path;
 use crate::token;
 use crate::worker::{Inflight, JwtCheck, Stage, State, Waiter};
 use std::borrow::Cow;
@@ -81,8 +82,9 @@ impl CallAnswer {
 /// The end of one request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
-    /// Forward it, with `header_writes` of this entry (always an active token).
-    Allow(Rc<Entry>),
+    /// Forward it, with `header_writes` of this entry (always an active token), and without the
+    /// request headers named in the list (spellings of headers the upstream believes).
+    Allow(Rc<Entry>, Vec<String>),
     /// Reply locally; nothing more is done for the request.
     Deny(Denial),
 }
@@ -128,27 +130,41 @@ pub fn on_request(
     store: &dyn SharedStore,
     facts: RequestFacts,
 ) -> Start {
-    let route = if cfg.routes.is_empty() {
-        None
-    } else {
-        let method = facts.headers.get(":method").unwrap_or_default();
-        let path = facts.headers.get(":path").unwrap_or_default();
-        cfg.route_for(&method, &path)
-    };
-    let me = Waiter {
+    let path = facts.headers.get(":path").unwrap_or_default();
+    let mut me = Waiter {
         context_id: facts.context_id,
         thumbprint: facts.thumbprint,
-        route,
+        route: None,
+        strip: spoofable_headers(cfg, facts.headers),
     };
+    // With routes, the path decides the policy: it must be one an upstream reads the same way.
+    if !cfg.routes.is_empty() {
+        let method = facts.headers.get(":method").unwrap_or_default();
+        match path::route(cfg, &method, &path) {
+            Ok(route) => me.route = route,
+            Err(why) => {
+                let reason = DenyReason::InvalidRequest(why);
+                return Start::Decided(deny(cfg, st, reason, &me, None));
+            }
+        }
+    }
+    if cfg.policy(me.route).is_none() {
+        return Start::Decided(deny(cfg, st, DenyReason::NoRoute, &me, None));
+    }
     let values: Vec<Cow<str>> = facts.headers.values("authorization").collect();
     let token = match token::bearer_token(&values, cfg.max_token_length) {
         Ok(t) => t,
         Err(e) => return Start::Decided(deny(cfg, st, e.into(), &me, None)),
     };
+    // RFC 6750 section 2: one method per request. (A token in the query alone is no token: 401.)
+    if token::in_query(&path) {
+        let why = "the access token must be sent in Authorization only";
+        return Start::Decided(deny(cfg, st, DenyReason::InvalidRequest(why), &me, None));
+    }
     let key = st.key_deriver.key(token);
     let now = facts.now;
     let entry = st.local.get(&key, now).or_else(|| {
-        let entry = Rc::new(token_cache(cfg).lookup(store, &key, now)?);
+        let entry = Rc::new(token_cache(cfg, &st.seal).lookup(store, &key, now)?);
         st.local.put(entry.clone());
         Some(entry)
     });
@@ -157,6 +173,11 @@ pub fn on_request(
         return Start::Decided(decide(cfg, st, &entry, &me));
     }
     st.tally.count(Metric::CacheMiss);
+    // No call for a request that will be refused whatever the answer.
+    if me.thumbprint.is_none() && cfg.policy(me.route).is_some_and(|p| p.require_binding) {
+        let reason = DenyReason::NoClientCertificate;
+        return Start::Decided(deny(cfg, st, reason, &me, None));
+    }
 
     if let Some(inflight) = st.inflight.get_mut(&key) {
         inflight.waiters.push(me);
@@ -263,11 +284,49 @@ pub fn answer_limit(cfg: &Config, st: &State, key: &TokenKey) -> usize {
     }
 }
 
+/// Headers the client sent that an upstream could take for one certbound sets or a TLS
+/// terminator would: another spelling of a claim header (`x_certbound_client_id`, which CGI and
+/// WSGI read as `x-certbound-client-id`), and the certificate headers (`client-cert`,
+/// `client-cert-chain`, `x-forwarded-client-cert`), which no trusted source sets here. The exact
+/// claim header names are not listed: `header_writes` sets or removes those anyway.
+pub fn spoofable_headers(cfg: &Config, headers: &Headers) -> Vec<String> {
+    const CERTIFICATE_HEADERS: [&str; 3] = [
+        "client-cert",
+        "client-cert-chain",
+        "x-forwarded-client-cert",
+    ];
+    let mut out = Vec::new();
+    for (name, _) in headers.pairs() {
+        let normalised = |c: &str| {
+            name.len() == c.len()
+                && name.iter().zip(c.bytes()).all(|(a, b)| {
+                    let a = if *a == b'_' {
+                        b'-'
+                    } else {
+                        a.to_ascii_lowercase()
+                    };
+                    a == b
+                })
+        };
+        let exact_claim = cfg.claim_headers.iter().any(|(_, h)| h.as_bytes() == name);
+        let spoofs = CERTIFICATE_HEADERS.iter().any(|c| normalised(c))
+            || (!exact_claim && cfg.claim_headers.iter().any(|(_, h)| normalised(h)));
+        if spoofs {
+            if let Ok(name) = std::str::from_utf8(name) {
+                out.push(name.to_string());
+            }
+        }
+    }
+    out
+}
+
 /// The request headers an allow writes: `Authorization` (when the format forwards a JWT), then
-/// every claim header, set from the token or removed (a client's copy never passes).
+/// every claim header, set from the token or removed (a client's copy never passes), then the
+/// removal of every spoofable header the client sent.
 pub fn header_writes<'a>(
     cfg: &'a Config,
     entry: &'a Entry,
+    strip: &'a [String],
 ) -> impl Iterator<Item = (&'a str, Option<&'a str>)> {
     let token = match &entry.state {
         TokenState::Active(t) => Some(t),
@@ -285,7 +344,8 @@ pub fn header_writes<'a>(
         });
         (name.as_str(), value)
     });
-    authorization.into_iter().chain(claims)
+    let stripped = strip.iter().map(|name| (name.as_str(), None));
+    authorization.into_iter().chain(claims).chain(stripped)
 }
 
 fn on_introspection(
@@ -339,7 +399,7 @@ fn on_key_set(
     let failure = match (answer.status, answer.body) {
         (Some(200), Some(body)) => match KeySet::parse(&body) {
             Ok(keys) => {
-                jwks_store(cfg).save(store, now, &body);
+                jwks_store(cfg, &st.seal).save(store, now, &body);
                 let keys = Rc::new(keys);
                 st.keys = Some((now, keys.clone()));
                 return verify(cfg, st, store, key, check, &keys, None, now);
@@ -444,7 +504,7 @@ fn conclude(
     match &outcome {
         // An answer that may not be cached (max-age=0, exp within the leeway) still decides.
         Outcome::Known(entry) if entry.expires_at > now => {
-            token_cache(cfg).insert(store, entry, now);
+            token_cache(cfg, &st.seal).insert(store, entry, now);
             st.local.put(entry.clone());
         }
         Outcome::Known(_) => {}
@@ -467,10 +527,13 @@ fn conclude(
 
 /// Allows or denies one request on a known token.
 fn decide(cfg: &Config, st: &mut State, entry: &Rc<Entry>, w: &Waiter) -> Verdict {
-    match decision::decide(&entry.state, w.thumbprint.as_ref(), cfg.policy(w.route)) {
+    let Some(policy) = cfg.policy(w.route) else {
+        return deny(cfg, st, DenyReason::NoRoute, w, None);
+    };
+    match decision::decide(&entry.state, w.thumbprint.as_ref(), policy) {
         Ok(_) => {
             st.tally.count(Metric::Allowed);
-            Verdict::Allow(entry.clone())
+            Verdict::Allow(entry.clone(), w.strip.clone())
         }
         Err(reason) => {
             let jti = match &entry.state {
@@ -498,22 +561,23 @@ fn deny(
         jti.unwrap_or("-")
     );
     st.tally.count(Metric::Denied(reason));
-    let reply = deny::reply(reason, &cfg.realm, &cfg.policy(w.route).required_scopes);
+    let scopes = cfg.policy(w.route).map_or(&[][..], |p| &p.required_scopes);
+    let reply = deny::reply(reason, &cfg.realm, scopes);
     Verdict::Deny(Denial { reason, reply, log })
 }
 
-fn token_cache(cfg: &Config) -> TokenCache<'_> {
+fn token_cache<'a>(cfg: &'a Config, seal: &'a Seal) -> TokenCache<'a> {
     TokenCache {
         namespace: &cfg.cache.namespace,
-        fingerprint: &cfg.fingerprint,
+        seal,
         max_entries: cfg.cache.max_entries,
     }
 }
 
-fn jwks_store(cfg: &Config) -> JwksStore<'_> {
+fn jwks_store<'a>(cfg: &'a Config, seal: &'a Seal) -> JwksStore<'a> {
     JwksStore {
         namespace: &cfg.cache.namespace,
-        fingerprint: &cfg.fingerprint,
+        seal,
     }
 }
 
@@ -531,7 +595,7 @@ fn key_set(
     if let Some(local) = st.keys.clone().filter(fresh) {
         return Some(local);
     }
-    let (fetched_at, keys) = jwks_store(cfg).load(store)?;
+    let (fetched_at, keys) = jwks_store(cfg, &st.seal).load(store)?;
     let stored = (fetched_at, Rc::new(keys));
     if !fresh(&stored) {
         return None;

@@ -155,8 +155,8 @@ impl<H: Host> Http<H> {
     /// Carries out one verdict on the current context: header writes, or the local reply.
     fn apply(&self, worker: &Worker, verdict: &Verdict) -> Action {
         match verdict {
-            Verdict::Allow(entry) => {
-                for (name, value) in flow::header_writes(&worker.config, entry) {
+            Verdict::Allow(entry, strip) => {
+                for (name, value) in flow::header_writes(&worker.config, entry, strip) {
                     self.host.set_request_header(name, value);
                 }
                 Action::Continue

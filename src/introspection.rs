@@ -2,7 +2,7 @@
 //! formats, and turning trusted RFC 7662 members into a cache entry.
 
 use crate::binding::Thumbprint;
-use crate::cache::{positive_expiry, ActiveToken, Entry, TokenKey, TokenState};
+use crate::cache::{positive_expiry, ActiveToken, Binding, Entry, TokenKey, TokenState};
 use crate::config::{Config, Format, Introspection, JwtRules};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -86,6 +86,10 @@ pub fn classify(format: &Format, status: Option<u16>, body: &[u8]) -> Result<Ans
         }
         Some(500..=599) => return Err(Failure::Unavailable("the identity server failed")),
         Some(204) if matches!(format, Format::Jwt(_)) => return Ok(Answer::Inactive),
+        // The identity server refuses the token itself: it is not an active token (a JWT-shaped
+        // string is `unsupported_token_type` to oidc-provider). Cached as inactive, so that
+        // repeating it does not reach the identity server again.
+        Some(400) if refuses_the_token(body) => return Ok(Answer::Inactive),
         Some(200) => {}
         Some(_) => {
             return Err(Failure::Bad(
@@ -110,6 +114,21 @@ pub fn classify(format: &Format, status: Option<u16>, body: &[u8]) -> Result<Ans
             Ok(Answer::Jwt(text.to_string(), rules.clone()))
         }
     }
+}
+
+/// A 400 whose OAuth `error` says the token, not the request of the filter, is at fault.
+fn refuses_the_token(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct OAuthError<'a> {
+        #[serde(borrow)]
+        error: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_slice::<OAuthError>(body).is_ok_and(|e| {
+        matches!(
+            e.error.as_ref(),
+            "invalid_request" | "unsupported_token_type" | "invalid_token"
+        )
+    })
 }
 
 /// RFC 7662: the token is active only if `active` is the boolean `true`.
@@ -192,14 +211,24 @@ pub fn entry_from_members(
         return Ok(inactive_entry(key, now, cfg));
     }
     let cnf = match members.get("cnf") {
-        None => None,
-        Some(cnf) => match cnf.get("x5t#S256") {
-            None => None,
-            Some(Value::String(x5t)) => Some(
-                Thumbprint::from_x5t(x5t).ok_or(Failure::Bad("cnf.x5t#S256 is not canonical"))?,
-            ),
+        None | Some(Value::Null) => Binding::Unbound,
+        Some(Value::Object(methods)) => match methods.get("x5t#S256") {
+            None if methods.is_empty() => Binding::Unbound,
+            // Only the certificate thumbprint can be checked here; any other method (DPoP's
+            // `jkt`, `jwk`, …) would go unproven, so the token is refused rather than believed.
+            None => Binding::Unverifiable,
+            Some(Value::String(x5t)) => {
+                let t = Thumbprint::from_x5t(x5t)
+                    .ok_or(Failure::Bad("cnf.x5t#S256 is not canonical"))?;
+                if methods.len() == 1 {
+                    Binding::Certificate(t)
+                } else {
+                    Binding::Unverifiable
+                }
+            }
             Some(_) => return Err(Failure::Bad("cnf.x5t#S256 is not a string")),
         },
+        Some(_) => return Err(Failure::Bad("cnf is not an object")),
     };
     let text = |name: &str| {
         members
@@ -380,6 +409,36 @@ mod tests {
             ),
             (
                 Format::Json,
+                Some(400),
+                br#"{"error":"unsupported_token_type"}"#,
+                Ok(Inactive),
+            ),
+            (
+                jwt_format(),
+                Some(400),
+                br#"{"error":"invalid_token","error_description":"x"}"#,
+                Ok(Inactive),
+            ),
+            (
+                rfc9701_format(),
+                Some(400),
+                br#"{"error":"invalid_request"}"#,
+                Ok(Inactive),
+            ),
+            (
+                Format::Json,
+                Some(400),
+                br#"{"error":"invalid_client"}"#,
+                Err(Bad("the introspection answer has an unexpected status")),
+            ),
+            (
+                Format::Json,
+                Some(400),
+                b"<html>",
+                Err(Bad("the introspection answer has an unexpected status")),
+            ),
+            (
+                Format::Json,
                 Some(404),
                 b"",
                 Err(Bad("the introspection answer has an unexpected status")),
@@ -507,7 +566,10 @@ mod tests {
         let TokenState::Active(t) = e.state else {
             panic!("inactive")
         };
-        assert_eq!(t.cnf, Thumbprint::from_x5t(x5t));
+        assert_eq!(
+            Some(t.cnf),
+            Thumbprint::from_x5t(x5t).map(Binding::Certificate)
+        );
         assert_eq!(t.scope, "transactions read");
         assert_eq!(t.client_id.as_deref(), Some("partner-client"));
         assert_eq!(t.jti.as_deref(), Some("j"));
@@ -569,6 +631,20 @@ mod tests {
         let TokenState::Active(t) = entry(json!({"cnf": {}}), None).unwrap().state else {
             panic!()
         };
-        assert_eq!(t.cnf, None);
+        assert_eq!(t.cnf, Binding::Unbound);
+        for methods in [
+            json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}),
+            json!({"x5t#S256": "ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0", "jkt": "x"}),
+        ] {
+            let TokenState::Active(t) = entry(json!({ "cnf": methods }), None).unwrap().state
+            else {
+                panic!("active")
+            };
+            assert_eq!(t.cnf, Binding::Unverifiable, "{methods}");
+        }
+        assert_eq!(
+            entry(json!({"cnf": "x"}), None),
+            Err(Failure::Bad("cnf is not an object"))
+        );
     }
 }

@@ -20,6 +20,7 @@ pub mod host;
 pub mod http;
 pub mod introspection;
 pub mod metrics;
+pub mod path;
 pub mod root;
 pub mod token;
 pub mod worker;

@@ -35,6 +35,44 @@ pub fn bearer_token<S: AsRef<str>>(values: &[S], max_length: usize) -> Result<&s
     Ok(token)
 }
 
+/// Whether the request's `:path` carries an `access_token` query parameter (its name
+/// percent-decoded). RFC 6750 section 2 allows one method per request, and certbound accepts the
+/// header only: a token in the query is refused, never ignored.
+pub fn in_query(path: &str) -> bool {
+    let path = path.split('#').next().unwrap_or(path);
+    let Some((_, query)) = path.split_once('?') else {
+        return false;
+    };
+    query.split('&').any(|pair| {
+        let name = pair.split('=').next().unwrap_or(pair);
+        percent_decoded_eq(name, "access_token")
+    })
+}
+
+/// `encoded`, percent-decoded (and `+` as a space), equals `plain`. Written out here because the
+/// one comparison needs no decoding library.
+fn percent_decoded_eq(encoded: &str, plain: &str) -> bool {
+    let mut bytes = encoded.bytes();
+    let mut expected = plain.bytes();
+    loop {
+        let decoded = match bytes.next() {
+            None => return expected.next().is_none(),
+            Some(b'%') => {
+                let hex = |b: Option<u8>| (b? as char).to_digit(16);
+                match (hex(bytes.next()), hex(bytes.next())) {
+                    (Some(h), Some(l)) => (h * 16 + l) as u8,
+                    _ => return false,
+                }
+            }
+            Some(b'+') => b' ',
+            Some(b) => b,
+        };
+        if expected.next() != Some(decoded) {
+            return false;
+        }
+    }
+}
+
 /// `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`
 #[inline]
 fn is_b64token(s: &str) -> bool {
@@ -48,6 +86,29 @@ fn is_b64token(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_access_token_in_the_query_is_found_however_it_is_spelled() {
+        for path in [
+            "/api?access_token=x",
+            "/api?a=1&access_token=",
+            "/api?access%5Ftoken=x",
+            "/api?%61ccess_token=x",
+            "/api?access_token",
+        ] {
+            assert!(in_query(path), "{path}");
+        }
+        for path in [
+            "/api",
+            "/api/access_token",
+            "/api?access_tokens=x",
+            "/api?x=access_token",
+            "/api?access_token%=x",
+            "/api#?access_token=x",
+        ] {
+            assert!(!in_query(path), "{path}");
+        }
+    }
     use TokenError::*;
 
     #[test]

@@ -3,7 +3,7 @@
 //! (`crate::flow`) reads and changes it, the context adapters hold it.
 
 use crate::binding::Thumbprint;
-use crate::cache::{KeyDeriver, LocalCache, TokenKey};
+use crate::cache::{KeyDeriver, LocalCache, Seal, TokenKey};
 use crate::config::{Config, JwtRules};
 use crate::jwks::KeySet;
 use crate::metrics::Tally;
@@ -36,6 +36,8 @@ impl Worker {
 pub struct State {
     /// Turns a token into its cache key (namespace and configuration fingerprint absorbed once).
     pub key_deriver: KeyDeriver,
+    /// Marks what this configuration writes to shared data as its own.
+    pub seal: Seal,
     pub local: LocalCache,
     /// Tokens being checked right now: one call per token per worker, however many requests
     /// carry it at once.
@@ -50,6 +52,7 @@ impl State {
     pub fn new(config: &Config) -> State {
         State {
             key_deriver: KeyDeriver::new(&config.cache.namespace, &config.fingerprint),
+            seal: Seal::new(&config.fingerprint, &config.introspection.client_secret),
             local: LocalCache::new(LOCAL_ENTRIES.min(config.cache.max_entries as usize)),
             inflight: HashMap::new(),
             keys: None,
@@ -59,11 +62,13 @@ impl State {
 }
 
 /// A request that waits for a token's check: decided with its own certificate and route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Waiter {
     pub context_id: u32,
     pub thumbprint: Option<Thumbprint>,
     pub route: Option<usize>,
+    /// Request headers to remove if it is allowed (`flow::spoofable_headers`; usually none).
+    pub strip: Vec<String>,
 }
 
 /// One token's check in progress.

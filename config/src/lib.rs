@@ -129,6 +129,7 @@ pub struct Policy {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Route {
+    /// Matched on whole segments, ASCII case-insensitively (`certbound::path`).
     pub path_prefix: String,
     pub methods: Vec<String>,
     pub policy: Policy,
@@ -142,7 +143,8 @@ pub struct Config {
     pub cache: CacheSettings,
     /// (claim name, lower-case header name), in a stable order.
     pub claim_headers: Vec<(String, String)>,
-    pub default_policy: Policy,
+    /// The policy of requests that match no route; `None` refuses them (`"deny"`).
+    pub default_policy: Option<Policy>,
     pub routes: Vec<Route>,
     /// Hex SHA-256 prefix of the raw configuration: keys in shared data include it, so a new
     /// configuration never reads entries made under an old one.
@@ -150,23 +152,15 @@ pub struct Config {
 }
 
 impl Config {
-    /// The route a request falls under: the first whose prefix and method match.
-    // Inline: these run on every request, and this crate is built for size.
+    /// The policy of a route (an index into `routes`), or of a request no route matches (`None`):
+    /// `None` when such requests are refused (`default_policy: "deny"`).
+    // Inline: this runs on every request, and this crate is built for size.
     #[inline]
-    pub fn route_for(&self, method: &str, path: &str) -> Option<usize> {
-        let path = path.split(['?', '#']).next().unwrap_or(path);
-        self.routes.iter().position(|r| {
-            path.starts_with(&r.path_prefix)
-                && (r.methods.is_empty() || r.methods.iter().any(|m| m == method))
-        })
-    }
-
-    /// The policy of a route from `route_for`, or the default policy.
-    #[inline]
-    pub fn policy(&self, route: Option<usize>) -> &Policy {
-        route
-            .and_then(|i| self.routes.get(i))
-            .map_or(&self.default_policy, |r| &r.policy)
+    pub fn policy(&self, route: Option<usize>) -> Option<&Policy> {
+        match route {
+            Some(i) => self.routes.get(i).map(|r| &r.policy),
+            None => self.default_policy.as_ref(),
+        }
     }
 }
 

@@ -287,7 +287,15 @@ fn claim_headers(map: BTreeMap<String, String>) -> Result<Vec<(String, String)>>
     Ok(claim_headers)
 }
 
-fn default_policy(value: Option<Value>) -> Result<Policy> {
+/// `"deny"` (requests that match no route are refused), or a policy (binding required, no
+/// scopes when absent).
+fn default_policy(value: Option<Value>) -> Result<Option<Policy>> {
+    if let Some(Value::String(s)) = &value {
+        return match s.as_str() {
+            "deny" => Ok(None),
+            _ => err("default_policy", "must be \"deny\" or a policy object"),
+        };
+    }
     let dp: RawPolicy = section(value, "default_policy")?.unwrap_or_default();
     policy(
         dp.required_scopes,
@@ -295,6 +303,7 @@ fn default_policy(value: Option<Value>) -> Result<Policy> {
         dp.allowed_client_ids,
         "default_policy",
     )
+    .map(Some)
 }
 
 fn routes(list: Vec<Value>) -> Result<Vec<Route>> {
@@ -305,6 +314,12 @@ fn routes(list: Vec<Value>) -> Result<Vec<Route>> {
             continue;
         };
         let path_prefix = path(r.path_prefix, &format!("{field}.path_prefix"))?;
+        if path_prefix.contains(['?', '#', ';', '%', '\\']) || path_prefix.contains("//") {
+            return err(
+                &format!("{field}.path_prefix"),
+                "must be a plain path: no query, fragment, `;`, `%`, backslash or empty segment",
+            );
+        }
         for m in &r.methods {
             if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
                 return err(

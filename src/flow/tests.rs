@@ -316,14 +316,18 @@ fn concurrent_requests_share_one_call_and_are_each_decided_with_their_own_certif
         2,
         "one call per token"
     );
-    for r in [first, same, stolen, no_cert, admin, other_token] {
+    assert_eq!(
+        p.status(no_cert),
+        401,
+        "refused at once: binding is required"
+    );
+    for r in [first, same, stolen, admin, other_token] {
         assert_eq!(p.fate(r), Fate::Paused);
     }
     p.answer(first, 200, &[], &active_json(MINE));
     assert_eq!(p.status(first), 200);
     assert_eq!(p.status(same), 200);
     assert_eq!(p.status(stolen), 401);
-    assert_eq!(p.status(no_cert), 401);
     assert_eq!(p.status(admin), 403);
     assert_eq!(
         challenge_of(&p, admin).unwrap(),
@@ -718,4 +722,158 @@ fn a_deny_is_logged_with_reason_thumbprint_and_jti_and_never_the_token() {
         .iter()
         .any(|(l, line)| *l == crate::host::Level::Info
             && line.contains("configuration fingerprint")));
+}
+
+#[test]
+fn a_token_the_identity_server_refuses_is_inactive_and_cached() {
+    for error in ["unsupported_token_type", "invalid_token", "invalid_request"] {
+        let mut p = Proxy::new(&config("json"), NOW);
+        let a = p.get(PATH, "e30.e30.e30", Some(MINE));
+        let body = format!(r#"{{"error":"{error}"}}"#);
+        p.answer(a, 400, &[], body.as_bytes());
+        assert_eq!(p.status(a), 401, "{error}");
+        assert_eq!(error_of(&p, a), "invalid_token", "{error}");
+        let again = p.get(PATH, "e30.e30.e30", Some(OTHER));
+        assert_eq!(p.status(again), 401, "{error}");
+        assert_eq!(p.calls().len(), 1, "{error}: the refusal is cached");
+        assert_eq!(p.counter("introspection_failures"), 0, "{error}");
+    }
+    // Another 400 is the identity server's problem with the filter: 502, not cached.
+    let mut p = Proxy::new(&config("json"), NOW);
+    let a = p.get(PATH, "tok", Some(MINE));
+    p.answer(a, 400, &[], br#"{"error":"invalid_client"}"#);
+    assert_eq!(p.status(a), 502);
+}
+
+#[test]
+fn a_request_without_certificate_on_a_binding_route_makes_no_call() {
+    let mut p = Proxy::new(&config("json"), NOW);
+    let refused = p.get(PATH, "tok", None);
+    assert_eq!(p.status(refused), 401);
+    assert_eq!(p.counter("requests_denied.no_client_certificate"), 1);
+    assert!(p.calls().is_empty());
+    // Where binding is optional the token alone decides.
+    let open = p.get("/api/open/x", "tok", None);
+    assert_eq!(p.fate(open), Fate::Paused);
+    assert_eq!(p.calls().len(), 1);
+}
+
+#[test]
+fn a_token_in_the_query_is_refused_even_beside_one_in_authorization() {
+    let mut p = Proxy::new(&config("json"), NOW);
+    for path in [
+        "/api/transactions?access_token=other",
+        "/api/x?a=1&access%5Ftoken=t",
+    ] {
+        let r = p.request(
+            &[(":path", path), ("authorization", "Bearer tok")],
+            Some(MINE),
+        );
+        assert_eq!(p.status(r), 400, "{path}");
+        assert_eq!(error_of(&p, r), "invalid_request", "{path}");
+    }
+    assert!(p.calls().is_empty());
+}
+
+#[test]
+fn spellings_of_claim_and_certificate_headers_never_reach_the_upstream() {
+    let mut p = Proxy::new(&config("json"), NOW);
+    let headers = [
+        (":path", PATH),
+        ("authorization", "Bearer tok"),
+        ("x_client_id", "admin"),
+        ("X_Client-Id", "admin"),
+        ("client-cert", ":MIIB:"),
+        ("client_cert_chain", ":MIIB:"),
+        ("x-forwarded-client-cert", "Hash=00"),
+        ("x-client-identity", "kept"),
+    ];
+    let a = p.request(&headers, Some(MINE));
+    let waiter = p.request(&headers, Some(MINE));
+    p.answer(a, 200, &[], &active_json(MINE));
+    let hit = p.request(&headers, Some(MINE));
+    for r in [a, waiter, hit] {
+        let Fate::Forwarded(upstream) = p.fate(r) else {
+            panic!("not forwarded")
+        };
+        let names: Vec<&str> = upstream.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [":path", "authorization", "x-client-identity", "x-client-id"],
+            "{upstream:?}"
+        );
+        assert_eq!(
+            p.upstream_header(r, "x-client-id").as_deref(),
+            Some("partner-client")
+        );
+    }
+}
+
+#[test]
+fn a_pem_without_the_digest_is_no_certificate() {
+    let mut p = Proxy::new(&config("json"), NOW);
+    // A DER SEQUENCE, which the old fallback would have taken for a certificate.
+    let pem = b"-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n";
+    assert!(Thumbprint::from_pem(std::str::from_utf8(pem).unwrap()).is_some());
+    let r = p.request_on(
+        &[(":path", PATH), ("authorization", "Bearer tok")],
+        &[("peer_certificate", pem.as_slice())],
+    );
+    assert_eq!(p.status(r), 401);
+    assert_eq!(p.counter("requests_denied.no_client_certificate"), 1);
+    assert!(p.calls().is_empty());
+}
+
+#[test]
+fn the_path_decides_the_policy_only_in_a_form_the_upstream_reads_the_same_way() {
+    let mut p = Proxy::new(&config("json"), NOW);
+    let a = p.get("/api/transactions", "tok", Some(MINE));
+    p.answer(a, 200, &[], &active_json(MINE));
+    // The admin route's scope applies however its prefix is spelled in case.
+    let upper = p.get("/API/Admin/x", "tok", Some(MINE));
+    assert_eq!(p.status(upper), 403);
+    for path in [
+        "//api/admin/x",
+        "/api/./admin/x",
+        "/api/x/../admin/x",
+        "/api/%61dmin/x",
+        "/api%2fadmin/x",
+        "/api;v=1/admin/x",
+    ] {
+        let r = p.get(path, "tok", Some(MINE));
+        assert_eq!(p.status(r), 400, "{path}");
+        assert_eq!(error_of(&p, r), "invalid_request", "{path}");
+    }
+    // A prefix covers whole segments only: `/api/adminx` is not under `/api/admin`.
+    let beside = p.get("/api/adminx", "tok", Some(MINE));
+    assert_eq!(p.status(beside), 200);
+    assert_eq!(p.calls().len(), 1);
+}
+
+#[test]
+fn with_a_default_deny_a_request_no_route_allows_is_403_before_any_call() {
+    let mut v = config("json");
+    v["default_policy"] = json!("deny");
+    let mut p = Proxy::new(&v, NOW);
+    let r = p.get("/health", "tok", Some(MINE));
+    assert_eq!(p.status(r), 403);
+    assert_eq!(error_of(&p, r), "access_denied");
+    assert_eq!(challenge_of(&p, r), None);
+    assert!(p.calls().is_empty());
+    assert_eq!(p.counter("requests_denied.no_route"), 1);
+    let routed = p.get("/api/admin/x", "tok", Some(MINE));
+    assert_eq!(p.fate(routed), Fate::Paused);
+}
+
+#[test]
+fn a_token_bound_by_a_method_certbound_cannot_check_is_refused_on_every_route() {
+    let dpop = json!({"active": true, "scope": "x", "exp": NOW + 300,
+                      "cnf": {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}})
+    .to_string();
+    let mut p = Proxy::new(&config("json"), NOW);
+    let open = p.get("/api/open/x", "tok", Some(MINE));
+    p.answer(open, 200, &[], dpop.as_bytes());
+    assert_eq!(p.status(open), 401);
+    assert_eq!(error_of(&p, open), "invalid_token");
+    assert_eq!(p.counter("requests_denied.unverifiable_binding"), 1);
 }

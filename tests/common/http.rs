@@ -46,6 +46,21 @@ pub enum Reply {
     },
     /// Close the connection without answering.
     Close,
+    /// Send the status line, the headers (announcing the whole body's length) and the first
+    /// `sent` bytes of the body, then reset the connection.
+    ResetMidBody {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        sent: usize,
+    },
+    /// Send the answer a byte at a time, `pause` after each byte of the body.
+    Trickle {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        pause: Duration,
+    },
 }
 
 impl Reply {
@@ -137,23 +152,46 @@ fn serve_connection(conn: TcpStream, handler: Handler) {
                 let _ = writer.shutdown(Shutdown::Both);
                 return;
             }
+            Reply::ResetMidBody {
+                status,
+                headers,
+                body,
+                sent,
+            } => {
+                let _ = writer.write_all(head(status, &headers, body.len(), false).as_bytes());
+                let _ = writer.write_all(&body[..sent.min(body.len())]);
+                let _ = writer.flush();
+                // An RST rather than a FIN: with linger 0, closing (both halves dropped on return)
+                // aborts the connection.
+                let _ = socket2::SockRef::from(&writer).set_linger(Some(Duration::ZERO));
+                return;
+            }
+            Reply::Trickle {
+                status,
+                headers,
+                body,
+                pause,
+            } => {
+                if writer
+                    .write_all(head(status, &headers, body.len(), false).as_bytes())
+                    .is_err()
+                {
+                    return;
+                }
+                for b in body {
+                    if writer.write_all(&[b]).and_then(|_| writer.flush()).is_err() {
+                        return;
+                    }
+                    thread::sleep(pause);
+                }
+                continue;
+            }
             Reply::Respond {
                 status,
                 headers,
                 body,
             } => {
-                let mut head = format!("HTTP/1.1 {} {}\r\n", status, reason(status));
-                for (n, v) in &headers {
-                    head.push_str(&format!("{n}: {v}\r\n"));
-                }
-                // 204 and 304 carry no body and no length.
-                if status != 204 && status != 304 {
-                    head.push_str(&format!("content-length: {}\r\n", body.len()));
-                }
-                if closes {
-                    head.push_str("connection: close\r\n");
-                }
-                head.push_str("\r\n");
+                let head = head(status, &headers, body.len(), closes);
                 if writer.write_all(head.as_bytes()).is_err() {
                     return;
                 }
@@ -168,6 +206,23 @@ fn serve_connection(conn: TcpStream, handler: Handler) {
             }
         }
     }
+}
+
+/// The status line and headers of an answer whose body has `length` bytes.
+fn head(status: u16, headers: &[(String, String)], length: usize, closes: bool) -> String {
+    let mut head = format!("HTTP/1.1 {} {}\r\n", status, reason(status));
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    // 204 and 304 carry no body and no length.
+    if status != 204 && status != 304 {
+        head.push_str(&format!("content-length: {length}\r\n"));
+    }
+    if closes {
+        head.push_str("connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    head
 }
 
 /// Reads one request; Ok(None) when the peer closed the connection between requests.

@@ -65,6 +65,48 @@ pub enum Behaviour {
     Reset,
     /// A JWT (same `kid`) signed by a key that is not in the JWKS.
     SignedByOtherKey(Value),
+    /// Start an active answer with these claims (headers and part of the body), then reset.
+    ResetMidBody(Value),
+    /// An active answer with these claims, a byte of the body per `Duration`.
+    Trickle(Duration, Value),
+    /// 400 with this OAuth `error` (`invalid_request`, `unsupported_token_type`, `invalid_token`).
+    Refuse(&'static str),
+}
+
+/// A fault of the key set's answers.
+#[derive(Clone, Debug)]
+pub enum JwksFault {
+    /// Headers and part of the key set, then a reset.
+    ResetMidBody,
+    /// The key set a byte per `Duration`.
+    Trickle(Duration),
+}
+
+/// `reply`'s answer as a `fault` would send it.
+fn faulty(reply: Reply, reset: bool, pause: Duration) -> Reply {
+    match reply {
+        Reply::Respond {
+            status,
+            headers,
+            body,
+        } if reset => Reply::ResetMidBody {
+            status,
+            headers,
+            sent: body.len() / 2,
+            body,
+        },
+        Reply::Respond {
+            status,
+            headers,
+            body,
+        } => Reply::Trickle {
+            status,
+            headers,
+            body,
+            pause,
+        },
+        other => other,
+    }
 }
 
 /// The PS256 key the server signs with and publishes; generated once per test process.
@@ -136,6 +178,7 @@ struct State {
     calls: AtomicUsize,
     jwks_fetches: AtomicUsize,
     max_age: Mutex<Option<u64>>,
+    jwks_fault: Mutex<Option<JwksFault>>,
 }
 
 pub struct Introspection {
@@ -179,6 +222,11 @@ impl Introspection {
     }
 
     /// Adds `Cache-Control: max-age=N` to 200 answers.
+    /// Makes every key set answer fail this way (`None`: answer normally again).
+    pub fn fail_jwks(&self, fault: Option<JwksFault>) {
+        *self.state.jwks_fault.lock().unwrap() = fault;
+    }
+
     pub fn set_max_age(&self, max_age: Option<u64>) {
         *self.state.max_age.lock().unwrap() = max_age;
     }
@@ -206,10 +254,15 @@ fn handle(format: Format, state: &State, req: &Request) -> Reply {
     let path = req.path.split('?').next().unwrap_or_default();
     if path == JWKS_PATH && req.method == "GET" {
         state.jwks_fetches.fetch_add(1, Ordering::SeqCst);
-        return with_max_age(
+        let reply = with_max_age(
             state,
             Reply::new(200, "application/json", jwks_json().to_string()),
         );
+        return match state.jwks_fault.lock().unwrap().clone() {
+            None => reply,
+            Some(JwksFault::ResetMidBody) => faulty(reply, true, Duration::ZERO),
+            Some(JwksFault::Trickle(pause)) => faulty(reply, false, pause),
+        };
     }
     if path != INTROSPECTION_PATH {
         return Reply::new(404, "text/plain", "not found");
@@ -271,6 +324,15 @@ fn handle(format: Format, state: &State, req: &Request) -> Reply {
         ),
         Behaviour::Huge => Reply::new(200, format.content_type(), vec![b'a'; 10 * 1024 * 1024]),
         Behaviour::Reset => Reply::Close,
+        Behaviour::ResetMidBody(claims) => {
+            faulty(active(format, signing_key(), &claims), true, Duration::ZERO)
+        }
+        Behaviour::Trickle(pause, claims) => {
+            faulty(active(format, signing_key(), &claims), false, pause)
+        }
+        Behaviour::Refuse(error) => {
+            Reply::new(400, "application/json", format!(r#"{{"error":"{error}"}}"#))
+        }
     };
     if let Reply::Respond {
         status: 200, body, ..

@@ -25,7 +25,7 @@ fn minimal_configs_get_the_documented_defaults() {
     assert_eq!(j.jwks.max_age_seconds, 300);
     assert_eq!(c.cache.max_entries, 10_000);
     assert_eq!(c.cache.negative_ttl_seconds, 10);
-    assert!(c.default_policy.require_binding);
+    assert!(c.default_policy.as_ref().unwrap().require_binding);
     assert_eq!(c.fingerprint.len(), 16);
 
     assert_eq!(j.jwks.timeout_ms, 2000);
@@ -324,25 +324,26 @@ fn every_bad_configuration_names_its_field() {
 }
 
 #[test]
-fn routes_match_by_prefix_then_method_else_default() {
+fn the_default_policy_is_a_policy_or_deny() {
+    let c = parse_value(&minimal("json")).unwrap();
+    assert!(c.default_policy.as_ref().unwrap().require_binding);
     let mut v = minimal("json");
-    v["routes"] = json!([
-        {"path_prefix": "/api/transactions", "methods": ["POST"], "required_scopes": ["write"]},
-        {"path_prefix": "/api/", "required_scopes": ["read"], "require_binding": false}
-    ]);
-    let c = parse_value(&v).unwrap();
-    let policy_for = |m, p| c.policy(c.route_for(m, p));
-    assert_eq!(
-        policy_for("POST", "/api/transactions?x=1").required_scopes,
-        ["write"]
-    );
-    assert_eq!(
-        policy_for("GET", "/api/transactions").required_scopes,
-        ["read"]
-    );
-    assert!(!policy_for("GET", "/api/transactions").require_binding);
-    assert!(policy_for("GET", "/health").required_scopes.is_empty());
-    assert!(policy_for("GET", "/health").require_binding);
+    v["default_policy"] = json!("deny");
+    assert_eq!(parse_value(&v).unwrap().default_policy, None);
+    v["default_policy"] = json!("allow");
+    assert!(parse_value(&v)
+        .unwrap_err()
+        .0
+        .contains("default_policy: must be \"deny\" or a policy object"));
+    for prefix in ["/api?x", "/api;v", "/api/%74", "/a//b", "/a\\b"] {
+        v["default_policy"] = json!("deny");
+        v["routes"] = json!([{ "path_prefix": prefix }]);
+        let e = parse_value(&v).unwrap_err().0;
+        assert!(
+            e.contains("routes[0].path_prefix: must be a plain path"),
+            "{prefix}: {e}"
+        );
+    }
 }
 
 #[test]
