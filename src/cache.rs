@@ -120,7 +120,7 @@ pub fn positive_expiry(
     if let Some(age) = max_age {
         ttl = ttl.min(age);
     }
-    (ttl > 0).then(|| now + ttl)
+    (ttl > 0).then(|| now.saturating_add(ttl))
 }
 
 /// What makes a value in shared data this configuration's own: an HMAC-SHA-256 keyed by the

@@ -182,9 +182,42 @@ pub fn max_age(cache_control: Option<&str>) -> Option<u64> {
 pub fn inactive_entry(key: TokenKey, now: u64, cfg: &Config) -> Entry {
     Entry {
         key,
-        expires_at: now + cfg.cache.negative_ttl_seconds,
+        expires_at: now.saturating_add(cfg.cache.negative_ttl_seconds),
         state: TokenState::Inactive,
     }
+}
+
+/// Whether an active token's members say it is an access token for this API: its `token_type` (if
+/// given) an access token's, its `aud` one of `introspection.audiences` and its `iss`
+/// `introspection.issuer` (each where configured). A token for another API of the same identity
+/// server, or a refresh token, is not active here.
+fn for_this_api(members: &Map<String, Value>, cfg: &Config) -> bool {
+    let i = &cfg.introspection;
+    let access_token = match members.get("token_type") {
+        None => true,
+        Some(Value::String(t)) => [
+            "bearer",
+            "access_token",
+            "urn:ietf:params:oauth:token-type:access_token",
+        ]
+        .iter()
+        .any(|a| t.eq_ignore_ascii_case(a)),
+        Some(_) => false,
+    };
+    let audience = i.audiences.is_empty()
+        || match members.get("aud") {
+            Some(Value::String(a)) => i.audiences.contains(a),
+            Some(Value::Array(list)) => list.iter().any(|a| {
+                a.as_str()
+                    .is_some_and(|a| i.audiences.iter().any(|c| c == a))
+            }),
+            _ => false,
+        };
+    let issuer = i
+        .issuer
+        .as_ref()
+        .is_none_or(|iss| members.get("iss").and_then(Value::as_str) == Some(iss.as_str()));
+    access_token && audience && issuer
 }
 
 /// The cache entry for an active token's trusted members. An `exp` in the past makes it inactive.
@@ -207,7 +240,7 @@ pub fn entry_from_members(
         .format
         .jwt_rules()
         .map_or(0, |j| j.clock_skew_seconds);
-    if exp.is_some_and(|e| e.saturating_add(skew) <= now) {
+    if exp.is_some_and(|e| e.saturating_add(skew) <= now) || !for_this_api(members, cfg) {
         return Ok(inactive_entry(key, now, cfg));
     }
     let cnf = match members.get("cnf") {

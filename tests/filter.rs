@@ -1517,3 +1517,19 @@ fn other_spellings_of_claim_and_certificate_headers_are_stripped() {
     }
     assert_eq!(seen.header_all(CLIENT_ID_HEADER), [PARTNER_CLIENT_ID]);
 }
+
+#[test]
+fn a_token_issued_for_another_api_is_refused_where_audiences_are_configured() {
+    let f = Fixture::with(Format::Json, |c| {
+        c["introspection"]["audiences"] = json!([AUDIENCE]);
+    });
+    let ours = f.bound_token(CLIENT, SCOPES);
+    assert_eq!(f.get(CLIENT, "/api/transactions", Some(&ours)).status, 200);
+    let theirs = opaque_token("billing");
+    let mut claims = bound_claims(&thumbprint(CLIENT), SCOPES);
+    claims["aud"] = json!("billing.example.com");
+    f.idp.register(&theirs, Behaviour::Active(claims));
+    let reply = f.get(CLIENT, "/api/transactions", Some(&theirs));
+    assert_invalid_token(&reply);
+    assert_eq!(f.upstream.count(), 1, "only our token reached the API");
+}

@@ -89,6 +89,10 @@ pub struct Introspection {
     pub client_secret: String,
     pub timeout_ms: u64,
     pub max_body_bytes: usize,
+    /// The introspected token's `aud` must name one of these (empty: not checked).
+    pub audiences: Vec<String>,
+    /// The introspected token's `iss` must be this, when set.
+    pub issuer: Option<String>,
 }
 
 /// Where the key set is fetched, and how its call is bounded.

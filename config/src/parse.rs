@@ -38,6 +38,8 @@ struct RawIntrospection {
     client_secret: Option<String>,
     timeout_ms: Option<u64>,
     max_body_bytes: Option<usize>,
+    audiences: Option<Vec<String>>,
+    issuer: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -113,12 +115,12 @@ fn err<T>(field: &str, why: &str) -> Result<T> {
 
 /// Parses and validates the plugin configuration.
 pub fn parse(raw: &[u8]) -> Result<Config> {
-    let c: RawConfig =
-        serde_json::from_slice(raw).map_err(|e| ConfigError(format!("configuration: {e}")))?;
+    let c: RawConfig = serde_json::from_slice(raw)
+        .map_err(|e| ConfigError(format!("configuration: {}", without_values(&e))))?;
     let Some(i) = section::<RawIntrospection>(c.introspection, "introspection")? else {
         return err("introspection", "is required");
     };
-    let digest = Sha256::digest(raw);
+    let digest = Sha256::digest(without_secret(raw));
     Ok(Config {
         realm: realm(c.realm)?,
         max_token_length: max_token_length(c.max_token_length)?,
@@ -129,6 +131,17 @@ pub fn parse(raw: &[u8]) -> Result<Config> {
         routes: routes(c.routes)?,
         fingerprint: digest[..8].iter().map(|b| format!("{b:02x}")).collect(),
     })
+}
+
+/// The configuration as the fingerprint covers it: canonical JSON (keys sorted) without
+/// `introspection.client_secret`, so that the fingerprint, which is logged and is part of every
+/// shared-data key, says nothing about the secret. (The secret still keys the shared-data seal.)
+fn without_secret(raw: &[u8]) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
+    if let Some(i) = v.get_mut("introspection").and_then(Value::as_object_mut) {
+        i.remove("client_secret");
+    }
+    serde_json::to_vec(&v).unwrap_or_default()
 }
 
 fn realm(value: Option<String>) -> Result<String> {
@@ -179,8 +192,18 @@ fn introspection(i: RawIntrospection, jwt: Option<Value>) -> Result<Introspectio
         },
         client_id,
         client_secret: required(i.client_secret, "introspection.client_secret")?,
-        timeout_ms: positive(i.timeout_ms, 2000, "introspection.timeout_ms")?,
+        timeout_ms: bounded(i.timeout_ms, 2000, 60_000, "introspection.timeout_ms")?,
         max_body_bytes: body_limit(i.max_body_bytes, "introspection.max_body_bytes")?,
+        audiences: match i.audiences {
+            Some(a) if a.is_empty() || a.iter().any(|s| s.is_empty()) => {
+                return err("introspection.audiences", "must list non-empty audiences")
+            }
+            a => a.unwrap_or_default(),
+        },
+        issuer: match i.issuer {
+            Some(iss) => Some(required(Some(iss), "introspection.issuer")?),
+            None => None,
+        },
     })
 }
 
@@ -243,12 +266,13 @@ fn jwks(k: RawJwks) -> Result<Jwks> {
             authority: required(k.authority, "jwt.jwks.authority")?,
             path: path(k.path, "jwt.jwks.path")?,
         },
-        timeout_ms: positive(k.timeout_ms, 2000, "jwt.jwks.timeout_ms")?,
+        timeout_ms: bounded(k.timeout_ms, 2000, 60_000, "jwt.jwks.timeout_ms")?,
         max_body_bytes: body_limit(k.max_body_bytes, "jwt.jwks.max_body_bytes")?,
-        max_age_seconds: positive(k.max_age_seconds, 300, "jwt.jwks.max_age_seconds")?,
-        min_refetch_interval_seconds: positive(
+        max_age_seconds: bounded(k.max_age_seconds, 300, 86_400, "jwt.jwks.max_age_seconds")?,
+        min_refetch_interval_seconds: bounded(
             k.min_refetch_interval_seconds,
             30,
+            3600,
             "jwt.jwks.min_refetch_interval_seconds",
         )?,
     })
@@ -266,8 +290,13 @@ fn cache(rc: RawCache) -> Result<CacheSettings> {
     Ok(CacheSettings {
         namespace,
         max_entries,
-        max_ttl_seconds: positive(rc.max_ttl_seconds, 300, "cache.max_ttl_seconds")?,
-        negative_ttl_seconds: positive(rc.negative_ttl_seconds, 10, "cache.negative_ttl_seconds")?,
+        max_ttl_seconds: bounded(rc.max_ttl_seconds, 300, 86_400, "cache.max_ttl_seconds")?,
+        negative_ttl_seconds: bounded(
+            rc.negative_ttl_seconds,
+            10,
+            3600,
+            "cache.negative_ttl_seconds",
+        )?,
     })
 }
 
@@ -350,7 +379,20 @@ fn section<T: DeserializeOwned>(value: Option<Value>, field: &str) -> Result<Opt
         None | Some(Value::Null) => Ok(None),
         Some(v) => serde_json::from_value(v)
             .map(Some)
-            .map_err(|e| ConfigError(format!("{field}: {e}"))),
+            .map_err(|e| ConfigError(format!("{field}: {}", without_values(&e)))),
+    }
+}
+
+/// serde's message without the value it quotes: `invalid type: string "s3cret", expected u64`
+/// would echo a secret given in the wrong field. Field names (`unknown field `x``) stay.
+fn without_values(e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    match message.split_once(": ") {
+        Some((kind @ ("invalid type" | "invalid value" | "invalid length"), rest)) => {
+            let expected = rest.rsplit_once(", expected ").map_or("", |(_, e)| e);
+            format!("{kind}, expected {expected}")
+        }
+        _ => message,
     }
 }
 
@@ -373,6 +415,14 @@ fn path(value: Option<String>, field: &str) -> Result<String> {
 fn positive(value: Option<u64>, default: u64, field: &str) -> Result<u64> {
     match value.unwrap_or(default) {
         0 => err(field, "must be greater than 0"),
+        v => Ok(v),
+    }
+}
+
+/// `positive`, and at most `max`: every lifetime and timeout is bounded.
+fn bounded(value: Option<u64>, default: u64, max: u64, field: &str) -> Result<u64> {
+    match positive(value, default, field)? {
+        v if v > max => err(field, &format!("must be at most {max}")),
         v => Ok(v),
     }
 }

@@ -140,10 +140,17 @@ enum Key {
     EdDsa(ed25519_compact::PublicKey),
 }
 
+const MIN_RSA_BITS: usize = 2048;
+
 impl Key {
     fn new(material: &KeyMaterial, alg: Algorithm) -> Option<Key> {
+        // RSA keys under 2048 bits are refused (RFC 7518 section 3.3, NIST SP 800-131A).
         let rsa = |n: &[u8], e: &[u8]| {
-            RsaPublicKey::new(BigUint::from_bytes_be(n), BigUint::from_bytes_be(e)).ok()
+            let n = BigUint::from_bytes_be(n);
+            if n.bits() < MIN_RSA_BITS {
+                return None;
+            }
+            RsaPublicKey::new(n, BigUint::from_bytes_be(e)).ok()
         };
         Some(match (material, alg) {
             // PSS with a salt as long as the hash (RFC 7518 section 3.5).
@@ -488,5 +495,21 @@ mod tests {
             verify(&es.sign(c()).unwrap(), &set, &r, now, 65536),
             Err(JwtError::AlgorithmNotAllowed)
         );
+    }
+}
+
+#[cfg(test)]
+mod key_size_tests {
+    use super::*;
+
+    #[test]
+    fn rsa_keys_under_2048_bits_are_refused() {
+        let key = |bytes: usize| KeyMaterial::Rsa {
+            n: vec![0xff; bytes],
+            e: vec![1, 0, 1],
+        };
+        assert!(Key::new(&key(128), Algorithm::PS256).is_none(), "1024 bits");
+        assert!(Key::new(&key(255), Algorithm::RS256).is_none(), "2040 bits");
+        assert!(Key::new(&key(256), Algorithm::PS256).is_some(), "2048 bits");
     }
 }

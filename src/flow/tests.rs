@@ -877,3 +877,70 @@ fn a_token_bound_by_a_method_certbound_cannot_check_is_refused_on_every_route() 
     assert_eq!(error_of(&p, open), "invalid_token");
     assert_eq!(p.counter("requests_denied.unverifiable_binding"), 1);
 }
+
+#[test]
+fn a_token_for_another_api_or_a_refresh_token_is_not_active_here() {
+    let mut v = config("json");
+    v["introspection"]["audiences"] = json!(["api.example.com"]);
+    v["introspection"]["issuer"] = json!("https://login.example.com");
+    let mut ours = members(MINE);
+    ours["aud"] = json!(["other.example.com", "api.example.com"]);
+    ours["iss"] = json!("https://login.example.com");
+    let with = |edit: fn(&mut Value)| {
+        let mut m = ours.clone();
+        edit(&mut m);
+        m
+    };
+    let table: [(&str, Value, u32); 6] = [
+        ("ours", ours.clone(), 200),
+        (
+            "another API",
+            with(|m| m["aud"] = json!("billing.example.com")),
+            401,
+        ),
+        (
+            "no aud",
+            with(|m| {
+                m.as_object_mut().unwrap().remove("aud");
+            }),
+            401,
+        ),
+        (
+            "another issuer",
+            with(|m| m["iss"] = json!("https://evil.example.com")),
+            401,
+        ),
+        (
+            "a refresh token",
+            with(|m| m["token_type"] = json!("refresh_token")),
+            401,
+        ),
+        ("bearer", with(|m| m["token_type"] = json!("Bearer")), 200),
+    ];
+    for (what, answer, status) in table {
+        let mut p = Proxy::new(&v, NOW);
+        let a = p.get(PATH, "tok", Some(MINE));
+        p.answer(a, 200, &[], answer.to_string().as_bytes());
+        assert_eq!(p.status(a), status, "{what}");
+        let again = p.get(PATH, "tok", Some(MINE));
+        assert_eq!(p.status(again), status, "{what}: cached");
+        assert_eq!(p.calls().len(), 1, "{what}");
+    }
+    // RFC 9701: the audience of the token inside, not the answer JWT's own (the client's).
+    let mut v = config("introspection-jwt");
+    v["introspection"]["audiences"] = json!(["api.example.com"]);
+    for (inner_aud, status) in [("api.example.com", 200), ("billing.example.com", 401)] {
+        let mut inner = members(MINE);
+        inner["aud"] = json!(inner_aud);
+        let jwt = sign(
+            json!({ "token_introspection": inner }),
+            NOW + 300,
+            Some("token-introspection+jwt"),
+        );
+        let mut p = Proxy::new(&v, NOW);
+        let a = p.get(PATH, "tok", Some(MINE));
+        p.answer(a, 200, &[], jwt.as_bytes());
+        p.answer(a, 200, &[], jwks_json(&[ps256()]).as_bytes());
+        assert_eq!(p.status(a), status, "{inner_aud}");
+    }
+}

@@ -121,6 +121,16 @@ fn every_bad_configuration_names_its_field() {
         ),
         (
             "json",
+            |v| v["introspection"]["audiences"] = json!([]),
+            "introspection.audiences: must list non-empty audiences",
+        ),
+        (
+            "json",
+            |v| v["introspection"]["issuer"] = json!(""),
+            "introspection.issuer: must not be empty",
+        ),
+        (
+            "json",
             |v| v["introspection"]["max_body_bytes"] = json!(0),
             "introspection.max_body_bytes: must be greater than 0",
         ),
@@ -344,6 +354,50 @@ fn the_default_policy_is_a_policy_or_deny() {
             "{prefix}: {e}"
         );
     }
+}
+
+#[test]
+fn no_error_echoes_a_value() {
+    let mut v = minimal("json");
+    v["introspection"]["timeout_ms"] = json!("s3cret-in-the-wrong-field");
+    let e = parse_value(&v).unwrap_err().0;
+    assert!(
+        e.starts_with("introspection: invalid type, expected u64"),
+        "{e}"
+    );
+    v = minimal("json");
+    v["introspection"]["client_secret"] = json!(12345678);
+    let e = parse_value(&v).unwrap_err().0;
+    assert!(!e.contains("12345678"), "{e}");
+    for (field, value, expected) in [(
+        "timeout_ms",
+        60_001,
+        "introspection.timeout_ms: must be at most 60000",
+    )] {
+        let mut v = minimal("json");
+        v["introspection"][field] = json!(value);
+        assert!(parse_value(&v).unwrap_err().0.contains(expected));
+    }
+    for (section, field, value) in [
+        ("cache", "max_ttl_seconds", 86_401),
+        ("cache", "negative_ttl_seconds", 3601),
+    ] {
+        let mut v = minimal("json");
+        v[section] = json!({ field: value });
+        let e = parse_value(&v).unwrap_err().0;
+        assert!(
+            e.contains(&format!("{section}.{field}: must be at most")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn the_fingerprint_does_not_depend_on_the_secret() {
+    let a = parse_value(&minimal("json")).unwrap().fingerprint;
+    let mut v = minimal("json");
+    v["introspection"]["client_secret"] = json!("another secret");
+    assert_eq!(parse_value(&v).unwrap().fingerprint, a);
 }
 
 #[test]
