@@ -369,15 +369,13 @@ fn no_error_echoes_a_value() {
     v["introspection"]["client_secret"] = json!(12345678);
     let e = parse_value(&v).unwrap_err().0;
     assert!(!e.contains("12345678"), "{e}");
-    for (field, value, expected) in [(
-        "timeout_ms",
-        60_001,
-        "introspection.timeout_ms: must be at most 60000",
-    )] {
-        let mut v = minimal("json");
-        v["introspection"][field] = json!(value);
-        assert!(parse_value(&v).unwrap_err().0.contains(expected));
-    }
+    let mut v = minimal("json");
+    v["introspection"]["timeout_ms"] = json!(60_001);
+    let e = parse_value(&v).unwrap_err().0;
+    assert!(
+        e.contains("introspection.timeout_ms: must be at most 60000"),
+        "{e}"
+    );
     for (section, field, value) in [
         ("cache", "max_ttl_seconds", 86_401),
         ("cache", "negative_ttl_seconds", 3601),
