@@ -20,7 +20,9 @@ use crate::jwt;
 use crate::metrics::Metric;
 use crate::path;
 use crate::token;
-use crate::worker::{Inflight, JwtCheck, Stage, State, Waiter};
+use crate::worker::{
+    Inflight, JwtCheck, KeySetFetch, Stage, State, Waiter, KEY_SET_BACKOFF_SECONDS,
+};
 use std::borrow::Cow;
 use std::rc::Rc;
 
@@ -113,6 +115,8 @@ pub enum Start {
 pub enum Next {
     /// Send another call from the same context (the key set); everyone keeps waiting.
     Dispatch(Call),
+    /// Keep waiting, without a call of this context's own: another check's key set call is out.
+    Wait,
     /// Every request that waited for the token, by context id, the caller included.
     Decided(Vec<(u32, Verdict)>),
 }
@@ -223,6 +227,13 @@ pub fn on_answer(
     match stage {
         Stage::Introspection => on_introspection(cfg, st, store, key, answer, now),
         Stage::KeySet(check) => on_key_set(cfg, st, store, key, check, answer, now),
+        // This context has no call out while it waits for another's key set: not its answer.
+        Stage::AwaitingKeySet(check) => {
+            if let Some(inflight) = st.inflight.get_mut(&key) {
+                inflight.stage = Stage::AwaitingKeySet(check);
+            }
+            Next::Wait
+        }
     }
 }
 
@@ -230,22 +241,29 @@ pub fn on_answer(
 pub fn on_dispatch_failed(
     cfg: &Config,
     st: &mut State,
-    store: &dyn SharedStore,
     key: TokenKey,
     now: u64,
 ) -> Vec<(u32, Verdict)> {
-    let why = match st.inflight.get(&key).map(|i| &i.stage) {
-        Some(Stage::KeySet { .. }) => "the key set call could not be dispatched",
-        _ => "the introspection call could not be dispatched",
-    };
-    conclude(
-        cfg,
-        st,
-        store,
-        key,
-        Outcome::Failed(Failure::Unavailable(why)),
-        now,
-    )
+    let key_set = matches!(
+        st.inflight.get(&key).map(|i| &i.stage),
+        Some(Stage::KeySet(_))
+    );
+    if !key_set {
+        let why = "the introspection call could not be dispatched";
+        return fail(cfg, st, key, Failure::Unavailable(why));
+    }
+    st.key_set_failed_at = Some(now);
+    let failure = Failure::Unavailable("the key set call could not be dispatched");
+    let waiting = st
+        .key_set_fetch
+        .take()
+        .map(|f| f.waiting)
+        .unwrap_or_default();
+    let mut verdicts = fail(cfg, st, key, failure);
+    for other in waiting {
+        verdicts.extend(fail(cfg, st, other, failure));
+    }
+    verdicts
 }
 
 /// The request in `context_id`, paused for `key`, went away. If its call was out, those waiting
@@ -270,10 +288,24 @@ pub fn on_gone(
         .unwrap_or_default();
     let why = "the request checking this token went away; retry";
     let reason = DenyReason::from(Failure::Unavailable(why));
-    waiters
+    let mut verdicts: Vec<(u32, Verdict)> = waiters
         .iter()
         .map(|w| (w.context_id, deny(cfg, st, reason, w, None)))
-        .collect()
+        .collect();
+    // Its key set call went with it: the checks waiting for that key set fail too (503).
+    match st.key_set_fetch.take() {
+        Some(fetch) if fetch.by == key => {
+            for other in fetch.waiting {
+                verdicts.extend(fail(cfg, st, other, Failure::Unavailable(why)));
+            }
+        }
+        Some(mut fetch) => {
+            fetch.waiting.retain(|k| *k != key);
+            st.key_set_fetch = Some(fetch);
+        }
+        None => {}
+    }
+    verdicts
 }
 
 /// The largest answer body read for the call that is out for `key`.
@@ -380,13 +412,14 @@ fn on_introspection(
             };
             return match key_set(cfg, st, store, &check.rules, now) {
                 Some((at, keys)) => verify(cfg, st, store, key, check, &keys, Some(at), now),
-                None => fetch_key_set(st, key, check),
+                None => need_key_set(cfg, st, key, check, now),
             };
         }
     };
     Next::Decided(conclude(cfg, st, store, key, outcome, now))
 }
 
+/// The key set answer, for the check of `key` and every check waiting for the same key set.
 fn on_key_set(
     cfg: &Config,
     st: &mut State,
@@ -396,20 +429,76 @@ fn on_key_set(
     answer: CallAnswer,
     now: u64,
 ) -> Next {
+    let waiting = match st.key_set_fetch.take() {
+        Some(f) if f.by == key => f.waiting,
+        other => {
+            st.key_set_fetch = other;
+            Vec::new()
+        }
+    };
     let failure = match (answer.status, answer.body) {
         (Some(200), Some(body)) => match KeySet::parse(&body) {
             Ok(keys) => {
                 jwks_store(cfg, &st.seal).save(store, now, &body);
+                st.key_set_failed_at = None;
                 let keys = Rc::new(keys);
                 st.keys = Some((now, keys.clone()));
-                return verify(cfg, st, store, key, check, &keys, None, now);
+                let mut verdicts = Vec::new();
+                for other in waiting {
+                    if let Some(check) = awaiting_check(st, &other) {
+                        verdicts.extend(verify_fresh(cfg, st, store, other, check, &keys, now));
+                    }
+                }
+                verdicts.extend(verify_fresh(cfg, st, store, key, check, &keys, now));
+                return Next::Decided(verdicts);
             }
             Err(why) => Failure::Bad(why),
         },
         (None | Some(500..=599), _) => Failure::Unavailable("the key set could not be fetched"),
         _ => Failure::Bad("the key set answer is unusable"),
     };
-    Next::Decided(conclude(cfg, st, store, key, Outcome::Failed(failure), now))
+    st.key_set_failed_at = Some(now);
+    let mut verdicts = fail(cfg, st, key, failure);
+    for other in waiting {
+        verdicts.extend(fail(cfg, st, other, failure));
+    }
+    Next::Decided(verdicts)
+}
+
+/// The JWT check of `key` if it waits for another check's key set call.
+fn awaiting_check(st: &mut State, key: &TokenKey) -> Option<JwtCheck> {
+    let inflight = st.inflight.get_mut(key)?;
+    match std::mem::replace(&mut inflight.stage, Stage::Introspection) {
+        Stage::AwaitingKeySet(check) => Some(check),
+        other => {
+            inflight.stage = other;
+            None
+        }
+    }
+}
+
+/// The check of `key` needs the key set: wait for the worker's call if one is out, fail at once
+/// within the backoff after a failed call, else make the call.
+fn need_key_set(cfg: &Config, st: &mut State, key: TokenKey, check: JwtCheck, now: u64) -> Next {
+    let backing_off = st
+        .key_set_failed_at
+        .is_some_and(|t| now < t.saturating_add(KEY_SET_BACKOFF_SECONDS));
+    if backing_off {
+        let f = Failure::Unavailable("the key set call failed a moment ago; not retried yet");
+        return Next::Decided(fail(cfg, st, key, f));
+    }
+    if let Some(fetch) = &mut st.key_set_fetch {
+        fetch.waiting.push(key);
+        if let Some(inflight) = st.inflight.get_mut(&key) {
+            inflight.stage = Stage::AwaitingKeySet(check);
+        }
+        return Next::Wait;
+    }
+    st.key_set_fetch = Some(KeySetFetch {
+        by: key,
+        waiting: Vec::new(),
+    });
+    fetch_key_set(st, key, check)
 }
 
 /// Asks for the key set; the check of `key` goes on when it arrives.
@@ -463,7 +552,7 @@ fn verify(
                 jwks::may_refetch(t, now, rules.jwks.min_refetch_interval_seconds)
             }) =>
         {
-            return fetch_key_set(st, key, check);
+            return need_key_set(cfg, st, key, check, now);
         }
         Err(e) if e.is_time() => Ok(introspection::inactive_entry(key, now, cfg)),
         Err(e) => Err(Failure::Bad(e.describe())),
@@ -489,6 +578,42 @@ fn verify(
     Next::Decided(conclude(cfg, st, store, key, outcome, now))
 }
 
+/// `verify` with a key set fresh from the server, which is never fetched again for this check.
+fn verify_fresh(
+    cfg: &Config,
+    st: &mut State,
+    store: &dyn SharedStore,
+    key: TokenKey,
+    check: JwtCheck,
+    keys: &KeySet,
+    now: u64,
+) -> Vec<(u32, Verdict)> {
+    match verify(cfg, st, store, key, check, keys, None, now) {
+        Next::Decided(verdicts) => verdicts,
+        // Without `fetched_at` verify neither refetches nor waits; fail closed if it ever did.
+        Next::Dispatch(_) | Next::Wait => {
+            let f = Failure::Bad("the key set was refetched for a fresh key set");
+            fail(cfg, st, key, f)
+        }
+    }
+}
+
+/// Ends a check that failed: nothing is cached, and every request that waited for it is denied.
+fn fail(cfg: &Config, st: &mut State, key: TokenKey, failure: Failure) -> Vec<(u32, Verdict)> {
+    let Some(inflight) = st.inflight.remove(&key) else {
+        return Vec::new();
+    };
+    st.tally.count(Metric::IntrospectionFailure);
+    let reason = DenyReason::from(failure);
+    let requests = inflight
+        .waiters
+        .iter()
+        .chain(std::iter::once(&inflight.caller));
+    requests
+        .map(|w| (w.context_id, deny(cfg, st, reason, w, None)))
+        .collect()
+}
+
 /// Ends a check: caches what may be cached, then decides every request that waited for it.
 fn conclude(
     cfg: &Config,
@@ -498,30 +623,24 @@ fn conclude(
     outcome: Outcome,
     now: u64,
 ) -> Vec<(u32, Verdict)> {
+    let entry = match outcome {
+        Outcome::Failed(f) => return fail(cfg, st, key, f),
+        Outcome::Known(entry) => entry,
+    };
     let Some(inflight) = st.inflight.remove(&key) else {
         return Vec::new();
     };
-    match &outcome {
-        // An answer that may not be cached (max-age=0, exp within the leeway) still decides.
-        Outcome::Known(entry) if entry.expires_at > now => {
-            token_cache(cfg, &st.seal).insert(store, entry, now);
-            st.local.put(entry.clone());
-        }
-        Outcome::Known(_) => {}
-        Outcome::Failed(_) => st.tally.count(Metric::IntrospectionFailure),
+    // An answer that may not be cached (max-age=0, exp within the leeway) still decides.
+    if entry.expires_at > now {
+        token_cache(cfg, &st.seal).insert(store, &entry, now);
+        st.local.put(entry.clone());
     }
     let requests = inflight
         .waiters
         .iter()
         .chain(std::iter::once(&inflight.caller));
     requests
-        .map(|w| {
-            let verdict = match &outcome {
-                Outcome::Known(entry) => decide(cfg, st, entry, w),
-                Outcome::Failed(f) => deny(cfg, st, (*f).into(), w, None),
-            };
-            (w.context_id, verdict)
-        })
+        .map(|w| (w.context_id, decide(cfg, st, &entry, w)))
         .collect()
 }
 

@@ -97,6 +97,7 @@ impl<H: Host> Http<H> {
         };
         match next {
             Next::Dispatch(call) => self.dispatch(&worker, key, &call),
+            Next::Wait => {}
             Next::Decided(verdicts) => {
                 self.pending = None;
                 self.apply_all(&worker, &verdicts);
@@ -127,8 +128,7 @@ impl<H: Host> Http<H> {
                 let what = format!("{:?} dispatch failed: {status}", call.kind);
                 self.host.log(Level::Warn, &what);
                 let now = self.host.now();
-                let verdicts =
-                    flow::on_dispatch_failed(&worker.config, &mut st, &self.host, key, now);
+                let verdicts = flow::on_dispatch_failed(&worker.config, &mut st, key, now);
                 drop(st);
                 self.pending = None;
                 self.apply_all(worker, &verdicts);

@@ -44,6 +44,10 @@ pub struct State {
     pub inflight: HashMap<TokenKey, Inflight>,
     /// This worker's parsed copy of the key set and when it was fetched.
     pub keys: Option<(u64, Rc<KeySet>)>,
+    /// The key set call out (one per worker, whatever the number of checks that need it).
+    pub key_set_fetch: Option<KeySetFetch>,
+    /// When the last key set call failed: no new one before `KEY_SET_BACKOFF_SECONDS` after it.
+    pub key_set_failed_at: Option<u64>,
     /// Counts not yet handed to the host.
     pub tally: Tally,
 }
@@ -56,6 +60,8 @@ impl State {
             local: LocalCache::new(LOCAL_ENTRIES.min(config.cache.max_entries as usize)),
             inflight: HashMap::new(),
             keys: None,
+            key_set_fetch: None,
+            key_set_failed_at: None,
             tally: Tally::default(),
         }
     }
@@ -87,6 +93,19 @@ pub enum Stage {
     Introspection,
     /// The key set, needed to finish this check.
     KeySet(JwtCheck),
+    /// The key set too, but another check's call is fetching it (`State::key_set_fetch`).
+    AwaitingKeySet(JwtCheck),
+}
+
+/// Seconds after a failed key set call during which checks that need the key set fail at once
+/// (503) instead of calling again: a key-set outage is not multiplied by the requests.
+pub const KEY_SET_BACKOFF_SECONDS: u64 = 5;
+
+/// The worker's key set call: which check's context made it, and the checks waiting for it.
+#[derive(Debug)]
+pub struct KeySetFetch {
+    pub by: TokenKey,
+    pub waiting: Vec<TokenKey>,
 }
 
 /// A JWT answer waiting to be verified.

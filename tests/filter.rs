@@ -1350,7 +1350,11 @@ fn a_key_set_answer_reset_mid_body_is_503_and_the_filter_lives() {
             f.idp.register(token, Behaviour::Active(claims()));
             f.idp.fail_jwks(Some(JwksFault::ResetMidBody));
         },
-        |f| f.idp.fail_jwks(None),
+        |f| {
+            f.idp.fail_jwks(None);
+            // A failed key set call is not retried for 5 s (KEY_SET_BACKOFF_SECONDS).
+            std::thread::sleep(Duration::from_secs(6));
+        },
     );
 }
 
@@ -1363,7 +1367,11 @@ fn a_key_set_answer_trickling_past_the_timeout_is_503_and_the_filter_lives() {
             f.idp
                 .fail_jwks(Some(JwksFault::Trickle(Duration::from_millis(50))));
         },
-        |f| f.idp.fail_jwks(None),
+        |f| {
+            f.idp.fail_jwks(None);
+            // A failed key set call is not retried for 5 s (KEY_SET_BACKOFF_SECONDS).
+            std::thread::sleep(Duration::from_secs(6));
+        },
     );
 }
 
@@ -1532,4 +1540,25 @@ fn a_token_issued_for_another_api_is_refused_where_audiences_are_configured() {
     let reply = f.get(CLIENT, "/api/transactions", Some(&theirs));
     assert_invalid_token(&reply);
     assert_eq!(f.upstream.count(), 1, "only our token reached the API");
+}
+
+#[test]
+fn concurrent_checks_on_one_worker_share_one_key_set_call() {
+    let f = Fixture::with(Format::Jwt, |c| {
+        c["introspection"]["timeout_ms"] = json!(5000);
+        c["jwt"]["jwks"]["timeout_ms"] = json!(5000);
+    });
+    f.idp
+        .fail_jwks(Some(JwksFault::Slow(Duration::from_millis(800))));
+    let tokens: Vec<String> = (0..8).map(|_| f.bound_token(CLIENT, SCOPES)).collect();
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = tokens
+            .iter()
+            .map(|t| s.spawn(|| f.get(CLIENT, "/api/transactions", Some(t)).status))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(statuses, [200; 8]);
+    assert_eq!(f.idp.jwks_fetches(), 1, "one key set call for eight checks");
+    assert_eq!(f.counter("certbound.jwks_fetches"), 1);
 }

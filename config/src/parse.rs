@@ -120,28 +120,38 @@ pub fn parse(raw: &[u8]) -> Result<Config> {
     let Some(i) = section::<RawIntrospection>(c.introspection, "introspection")? else {
         return err("introspection", "is required");
     };
-    let digest = Sha256::digest(without_secret(raw));
+    let introspection = introspection(i, c.jwt)?;
+    let fingerprint = fingerprint(raw, &introspection.client_secret);
     Ok(Config {
         realm: realm(c.realm)?,
         max_token_length: max_token_length(c.max_token_length)?,
-        introspection: introspection(i, c.jwt)?,
+        introspection,
         cache: cache(section(c.cache, "cache")?.unwrap_or_default())?,
         claim_headers: claim_headers(c.claim_headers)?,
         default_policy: default_policy(c.default_policy)?,
         routes: routes(c.routes)?,
-        fingerprint: digest[..8].iter().map(|b| format!("{b:02x}")).collect(),
+        fingerprint,
     })
 }
 
-/// The configuration as the fingerprint covers it: canonical JSON (keys sorted) without
-/// `introspection.client_secret`, so that the fingerprint, which is logged and is part of every
-/// shared-data key, says nothing about the secret. (The secret still keys the shared-data seal.)
-fn without_secret(raw: &[u8]) -> Vec<u8> {
-    let mut v: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
-    if let Some(i) = v.get_mut("introspection").and_then(Value::as_object_mut) {
-        i.remove("client_secret");
+/// The fingerprint: SHA-256 over the configuration's text with every occurrence of the
+/// introspection client's secret cut out, so that the fingerprint, which is logged and is part of
+/// every token key, says nothing about the secret (the secret still keys the shared-data seal). A
+/// secret written with JSON escapes is not recognised in the text: write it plainly.
+fn fingerprint(raw: &[u8], secret: &str) -> String {
+    let mut h = Sha256::new();
+    let secret = secret.as_bytes();
+    let mut rest = raw;
+    while let Some(at) = rest.windows(secret.len()).position(|w| w == secret) {
+        h.update(&rest[..at]);
+        h.update(b"\0secret\0");
+        rest = &rest[at + secret.len()..];
     }
-    serde_json::to_vec(&v).unwrap_or_default()
+    h.update(rest);
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn realm(value: Option<String>) -> Result<String> {

@@ -944,3 +944,70 @@ fn a_token_for_another_api_or_a_refresh_token_is_not_active_here() {
         assert_eq!(p.status(a), status, "{inner_aud}");
     }
 }
+
+#[test]
+fn one_key_set_call_serves_every_check_that_needs_it() {
+    let mut p = Proxy::new(&config("jwt"), NOW);
+    let a = p.get(PATH, "tok-a", Some(MINE));
+    let b = p.get(PATH, "tok-b", Some(OTHER));
+    p.answer(a, 200, &[], phantom(MINE).as_bytes());
+    p.answer(b, 200, &[], phantom(MINE).as_bytes());
+    assert_eq!(
+        calls_of(&p, CallKind::KeySet),
+        1,
+        "single flight per worker"
+    );
+    assert_eq!((p.fate(a), p.fate(b)), (Fate::Paused, Fate::Paused));
+    p.answer(a, 200, &[], jwks_json(&[ps256()]).as_bytes());
+    assert_eq!(p.status(a), 200);
+    assert_eq!(p.status(b), 401, "decided with its own certificate");
+    assert_eq!(p.counter("jwks_fetches"), 1);
+}
+
+#[test]
+fn a_failed_key_set_call_fails_its_waiters_and_is_not_retried_at_once() {
+    let mut p = Proxy::new(&config("jwt"), NOW);
+    let a = p.get(PATH, "tok-a", Some(MINE));
+    let b = p.get(PATH, "tok-b", Some(MINE));
+    p.answer(a, 200, &[], phantom(MINE).as_bytes());
+    p.answer(b, 200, &[], phantom(MINE).as_bytes());
+    p.fail_call(a);
+    assert_eq!((p.status(a), p.status(b)), (503, 503));
+    // Within the backoff: 503 at once, no call.
+    let c = p.get(PATH, "tok-c", Some(MINE));
+    p.answer(c, 200, &[], phantom(MINE).as_bytes());
+    assert_eq!(p.status(c), 503);
+    assert_eq!(calls_of(&p, CallKind::KeySet), 1);
+    // After it, the key set is asked for again.
+    p.advance(crate::worker::KEY_SET_BACKOFF_SECONDS);
+    let d = p.get(PATH, "tok-d", Some(MINE));
+    p.answer(d, 200, &[], phantom(MINE).as_bytes());
+    assert_eq!(calls_of(&p, CallKind::KeySet), 2);
+    p.answer(d, 200, &[], jwks_json(&[ps256()]).as_bytes());
+    assert_eq!(p.status(d), 200);
+}
+
+#[test]
+fn checks_waiting_for_a_key_set_are_released_when_its_caller_goes_away() {
+    let mut p = Proxy::new(&config("jwt"), NOW);
+    let a = p.get(PATH, "tok-a", Some(MINE));
+    let b = p.get(PATH, "tok-b", Some(MINE));
+    p.answer(a, 200, &[], phantom(MINE).as_bytes());
+    p.answer(b, 200, &[], phantom(MINE).as_bytes());
+    p.gone(a);
+    assert_eq!(p.status(b), 503);
+    // Nothing is left waiting: the next check makes its own call.
+    let c = p.get(PATH, "tok-c", Some(MINE));
+    p.answer(c, 200, &[], phantom(MINE).as_bytes());
+    assert_eq!(calls_of(&p, CallKind::KeySet), 2);
+}
+
+#[test]
+fn a_key_set_call_that_cannot_be_sent_is_503() {
+    let mut p = Proxy::new(&config("jwt"), NOW);
+    let a = p.get(PATH, "tok-a", Some(MINE));
+    p.host.0.borrow_mut().refuse_dispatch = true;
+    p.answer(a, 200, &[], phantom(MINE).as_bytes());
+    assert_eq!(p.status(a), 503);
+    assert_eq!(p.counter("jwks_fetches"), 0);
+}

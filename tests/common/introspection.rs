@@ -80,6 +80,8 @@ pub enum JwksFault {
     ResetMidBody,
     /// The key set a byte per `Duration`.
     Trickle(Duration),
+    /// The whole key set, after this long.
+    Slow(Duration),
 }
 
 /// `reply`'s answer as a `fault` would send it.
@@ -262,6 +264,10 @@ fn handle(format: Format, state: &State, req: &Request) -> Reply {
             None => reply,
             Some(JwksFault::ResetMidBody) => faulty(reply, true, Duration::ZERO),
             Some(JwksFault::Trickle(pause)) => faulty(reply, false, pause),
+            Some(JwksFault::Slow(delay)) => {
+                thread::sleep(delay);
+                reply
+            }
         };
     }
     if path != INTROSPECTION_PATH {
