@@ -134,17 +134,17 @@ pub fn on_request(
     store: &dyn SharedStore,
     facts: RequestFacts,
 ) -> Start {
-    let path = facts.headers.get(":path").unwrap_or_default();
+    let read = read_headers(cfg, facts.headers);
+    let path = read.path;
     let mut me = Waiter {
         context_id: facts.context_id,
         thumbprint: facts.thumbprint,
         route: None,
-        strip: spoofable_headers(cfg, facts.headers),
+        strip: read.strip,
     };
     // With routes, the path decides the policy: it must be one an upstream reads the same way.
     if !cfg.routes.is_empty() {
-        let method = facts.headers.get(":method").unwrap_or_default();
-        match path::route(cfg, &method, &path) {
+        match path::route(cfg, &read.method, &path) {
             Ok(route) => me.route = route,
             Err(why) => {
                 let reason = DenyReason::InvalidRequest(why);
@@ -155,7 +155,7 @@ pub fn on_request(
     if cfg.policy(me.route).is_none() {
         return Start::Decided(deny(cfg, st, DenyReason::NoRoute, &me, None));
     }
-    let values: Vec<Cow<str>> = facts.headers.values("authorization").collect();
+    let values = read.authorization;
     let token = match token::bearer_token(&values, cfg.max_token_length) {
         Ok(t) => t,
         Err(e) => return Start::Decided(deny(cfg, st, e.into(), &me, None)),
@@ -316,40 +316,65 @@ pub fn answer_limit(cfg: &Config, st: &State, key: &TokenKey) -> usize {
     }
 }
 
-/// Headers the client sent that an upstream could take for one certbound sets or a TLS
+/// What the flow reads of a request's headers, taken in one pass over them.
+struct ReadHeaders<'a> {
+    path: Cow<'a, str>,
+    method: Cow<'a, str>,
+    /// Every `Authorization` value, in order.
+    authorization: Vec<Cow<'a, str>>,
+    /// The spoofable headers it carries (`is_spoofable`), to remove if it is allowed.
+    strip: Vec<String>,
+}
+
+fn read_headers<'a>(cfg: &Config, headers: &'a Headers) -> ReadHeaders<'a> {
+    let mut read = ReadHeaders {
+        path: Cow::Borrowed(""),
+        method: Cow::Borrowed(""),
+        authorization: Vec::new(),
+        strip: Vec::new(),
+    };
+    for (name, value) in headers.pairs() {
+        match name {
+            b":path" if read.path.is_empty() => read.path = String::from_utf8_lossy(value),
+            b":method" if read.method.is_empty() => read.method = String::from_utf8_lossy(value),
+            // A value that is not UTF-8 comes with U+FFFD, which no token grammar accepts.
+            b"authorization" => read.authorization.push(String::from_utf8_lossy(value)),
+            _ if is_spoofable(cfg, name) => {
+                if let Ok(name) = std::str::from_utf8(name) {
+                    read.strip.push(name.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    read
+}
+
+/// A header the client sent that an upstream could take for one certbound sets or a TLS
 /// terminator would: another spelling of a claim header (`x_certbound_client_id`, which CGI and
-/// WSGI read as `x-certbound-client-id`), and the certificate headers (`client-cert`,
-/// `client-cert-chain`, `x-forwarded-client-cert`), which no trusted source sets here. The exact
-/// claim header names are not listed: `header_writes` sets or removes those anyway.
-pub fn spoofable_headers(cfg: &Config, headers: &Headers) -> Vec<String> {
+/// WSGI read as `x-certbound-client-id`), or a certificate header (`client-cert`,
+/// `client-cert-chain`, `x-forwarded-client-cert`), which no trusted source sets here. A claim
+/// header under its exact name is not one: `header_writes` sets or removes it anyway.
+fn is_spoofable(cfg: &Config, name: &[u8]) -> bool {
     const CERTIFICATE_HEADERS: [&str; 3] = [
         "client-cert",
         "client-cert-chain",
         "x-forwarded-client-cert",
     ];
-    let mut out = Vec::new();
-    for (name, _) in headers.pairs() {
-        let normalised = |c: &str| {
-            name.len() == c.len()
-                && name.iter().zip(c.bytes()).all(|(a, b)| {
-                    let a = if *a == b'_' {
-                        b'-'
-                    } else {
-                        a.to_ascii_lowercase()
-                    };
-                    a == b
-                })
-        };
-        let exact_claim = cfg.claim_headers.iter().any(|(_, h)| h.as_bytes() == name);
-        let spoofs = CERTIFICATE_HEADERS.iter().any(|c| normalised(c))
-            || (!exact_claim && cfg.claim_headers.iter().any(|(_, h)| normalised(h)));
-        if spoofs {
-            if let Ok(name) = std::str::from_utf8(name) {
-                out.push(name.to_string());
-            }
-        }
-    }
-    out
+    let spells = |c: &str| {
+        name.len() == c.len()
+            && name.iter().zip(c.bytes()).all(|(a, b)| {
+                let a = if *a == b'_' {
+                    b'-'
+                } else {
+                    a.to_ascii_lowercase()
+                };
+                a == b
+            })
+    };
+    let claims = || cfg.claim_headers.iter().map(|(_, h)| h.as_str());
+    CERTIFICATE_HEADERS.iter().any(|c| spells(c))
+        || (claims().any(spells) && !claims().any(|h| h.as_bytes() == name))
 }
 
 /// The request headers an allow writes: `Authorization` (when the format forwards a JWT), then
