@@ -496,6 +496,8 @@ fn request_without_client_certificate_is_401_when_tls_lets_it_through() {
         f.counter("certbound.requests_denied.no_client_certificate"),
         1
     );
+    // Binding is required here: refused before any call to the identity server (issue 11, item 1).
+    assert_eq!(f.idp.calls(), 0, "no call for a request refused anyway");
     // The same listener still serves the certificate's holder.
     assert_eq!(f.get(CLIENT, "/api/transactions", Some(&token)).status, 200);
 }
@@ -1392,26 +1394,6 @@ fn a_token_the_identity_server_refuses_is_401_and_asked_about_once() {
     assert_eq!(f.idp.calls(), 1, "the refusal is cached");
     assert_eq!(f.upstream.count(), 0);
     assert_eq!(f.counter("certbound.introspection_failures"), 0);
-}
-
-#[test]
-fn a_request_without_certificate_where_binding_is_required_is_refused_without_a_call() {
-    let f = Fixture::with_opts(
-        Format::Jwt,
-        |_| {},
-        |o| o.require_client_certificate = false,
-    );
-    let token = f.bound_token(CLIENT, SCOPES);
-    let reply = get(
-        &f.envoy.client_without_cert(),
-        &f.envoy,
-        "/api/transactions",
-        Some(&token),
-    );
-    assert_eq!(reply.status, 401, "{reply:?}");
-    assert_invalid_token(&reply);
-    assert_eq!(f.idp.calls(), 0, "no call for a request refused anyway");
-    assert_eq!(f.upstream.count(), 0);
 }
 
 // ---------------------------------------------------------------------------------------------
