@@ -23,6 +23,8 @@ pub struct Stream {
     pub headers: Vec<(String, String)>,
     /// `connection.<name>` properties.
     pub properties: HashMap<String, Vec<u8>>,
+    /// The request body received so far.
+    pub body: Vec<u8>,
     pub replies: Vec<Reply>,
     /// Continued at once, or resumed after a pause.
     pub forwarded: bool,
@@ -101,6 +103,11 @@ impl Host for FakeHost {
             .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
             .collect();
         Headers::from_serialized(Headers::serialize(&pairs))
+    }
+
+    fn request_body(&self, size: usize) -> Vec<u8> {
+        self.with_stream(|st| st.body.iter().take(size).copied().collect())
+            .unwrap_or_default()
     }
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
@@ -270,11 +277,27 @@ impl Proxy {
             s.current = id;
         }
         let mut http = self.root.http_context(id);
-        if http.on_request_headers() == Action::Continue {
+        let has_body = headers.iter().any(|(k, _)| *k == "content-type");
+        if http.on_request_headers(!has_body) == Action::Continue {
             self.stream_mut(id).forwarded = true;
         }
         self.contexts.insert(id, http);
         id
+    }
+
+    /// A chunk of the request's body arrives (`last`: the end of the stream). The proxy delivers
+    /// body data only to a request that has gone on; `true` when the body went on too.
+    pub fn body(&mut self, context: u32, chunk: &[u8], last: bool) -> bool {
+        self.host.0.borrow_mut().current = context;
+        let size = {
+            let mut st = self.stream_mut(context);
+            st.body.extend_from_slice(chunk);
+            st.body.len()
+        };
+        match self.contexts.get_mut(&context) {
+            Some(http) => http.on_request_body(size, last) == Action::Continue,
+            None => false,
+        }
     }
 
     /// `GET path` with `Authorization: Bearer token` from a connection with `cert`.

@@ -207,6 +207,31 @@ pub fn on_request(
     Start::Dispatch(key, call)
 }
 
+/// The whole `application/x-www-form-urlencoded` body of an allowed request, before it goes on:
+/// a deny if it carries a second token (RFC 6750 section 2: one method per request). In Envoy a
+/// proxy-wasm filter sees the body only once the headers have gone on (a paused request pauses
+/// its body too), so the upstream has the headers by then; the deny resets its request before the
+/// body, so the API never gets a whole request.
+pub fn on_form_body(
+    cfg: &Config,
+    st: &mut State,
+    context_id: u32,
+    thumbprint: Option<Thumbprint>,
+    body: &[u8],
+) -> Option<Verdict> {
+    if !token::in_form(body) {
+        return None;
+    }
+    let w = Waiter {
+        context_id,
+        thumbprint,
+        route: None,
+        strip: Vec::new(),
+    };
+    let why = "the access token must be sent in Authorization only";
+    Some(deny(cfg, st, DenyReason::InvalidRequest(why), &w, None))
+}
+
 /// The answer to the call that the request in `caller` sent for `key`.
 pub fn on_answer(
     cfg: &Config,

@@ -26,6 +26,8 @@ pub trait Host: SharedStore {
     fn now(&self) -> u64;
     /// Every request header, in one host call.
     fn request_headers(&self) -> Headers;
+    /// The request body buffered so far (`size` bytes, from `on_request_body`).
+    fn request_body(&self, size: usize) -> Vec<u8>;
     /// A property of the stream or connection, such as `connection.sha256_peer_certificate_digest`.
     fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
     /// Sets (or with `None` removes) a request header. False if the host refused.
@@ -212,6 +214,13 @@ impl Host for ProxyHost {
         let buffer =
             read_bytes(|data, size| unsafe { abi::proxy_get_header_map_pairs(map, data, size) });
         Headers::from_serialized(buffer.unwrap_or_default())
+    }
+
+    fn request_body(&self, size: usize) -> Vec<u8> {
+        let buffer = BufferType::HttpRequestBody as u32;
+        // SAFETY: as in `header_value`.
+        read_bytes(|data, out| unsafe { abi::proxy_get_buffer_bytes(buffer, 0, size, data, out) })
+            .unwrap_or_default()
     }
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {

@@ -7,6 +7,7 @@ use crate::cache::TokenKey;
 use crate::deny::{self, DenyReason};
 use crate::flow::{self, Next, RequestFacts, Start, Verdict};
 use crate::host::{Host, Level, ProxyHost};
+use crate::token;
 use crate::worker::Worker;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -19,6 +20,9 @@ pub struct Http<H: Host> {
     worker: Option<Rc<Worker>>,
     /// The token this request is paused for.
     pending: Option<TokenKey>,
+    /// The request has an `application/x-www-form-urlencoded` body, to check before it goes on.
+    form_body: bool,
+    thumbprint: Option<crate::binding::Thumbprint>,
 }
 
 /// Refuses a request the filter cannot check (the state is busy, which does not happen with a
@@ -37,11 +41,14 @@ impl<H: Host> Http<H> {
             host,
             worker,
             pending: None,
+            form_body: false,
+            thumbprint: None,
         }
     }
 
-    /// The request's headers have arrived: allow, deny, or pause it while its token is checked.
-    pub fn on_request_headers(&mut self) -> Action {
+    /// The request's headers have arrived (`end_of_stream`: and it has no body): allow, deny, or
+    /// pause it while its token is checked.
+    pub fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
         let Some(worker) = self.worker.clone() else {
             return refuse(&self.host, "the filter is not configured", "certbound");
         };
@@ -49,6 +56,12 @@ impl<H: Host> Http<H> {
         let headers = self.host.request_headers();
         let thumbprint =
             binding::client_thumbprint(|name| self.host.property(&["connection", name]));
+        // Only a request with a body can carry a form: a GET costs nothing here.
+        self.form_body = !end_of_stream
+            && headers
+                .get("content-type")
+                .is_some_and(|v| token::is_form(&v));
+        self.thumbprint = thumbprint;
         let facts = RequestFacts {
             context_id: self.id,
             headers: &headers,
@@ -102,6 +115,31 @@ impl<H: Host> Http<H> {
                 self.pending = None;
                 self.apply_all(&worker, &verdicts);
             }
+        }
+    }
+
+    /// Body data of a request that has gone on (Envoy holds a paused request's body): a form body
+    /// is buffered whole and checked for a second token; any other passes.
+    pub fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !self.form_body {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let Some(worker) = self.worker.clone() else {
+            return refuse(&self.host, "the filter is not configured", "certbound");
+        };
+        let body = self.host.request_body(body_size);
+        let verdict = match worker.state.try_borrow_mut() {
+            Ok(mut st) => {
+                flow::on_form_body(&worker.config, &mut st, self.id, self.thumbprint, &body)
+            }
+            Err(_) => return refuse(&self.host, "the worker is busy", &worker.config.realm),
+        };
+        match verdict {
+            Some(verdict) => self.apply(&worker, &verdict),
+            None => Action::Continue,
         }
     }
 
@@ -188,7 +226,11 @@ impl Context for Http<ProxyHost> {
 }
 
 impl HttpContext for Http<ProxyHost> {
-    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        self.on_request_headers()
+    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        self.on_request_headers(end_of_stream)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.on_request_body(body_size, end_of_stream)
     }
 }

@@ -43,7 +43,24 @@ pub fn in_query(path: &str) -> bool {
     let Some((_, query)) = path.split_once('?') else {
         return false;
     };
-    query.split('&').any(|pair| {
+    has_access_token(query)
+}
+
+/// Whether an `application/x-www-form-urlencoded` body carries an `access_token` parameter
+/// (RFC 6750 section 2.2): beside `Authorization`, a second token.
+pub fn in_form(body: &[u8]) -> bool {
+    has_access_token(&String::from_utf8_lossy(body))
+}
+
+/// Whether a `Content-Type` value is `application/x-www-form-urlencoded` (parameters aside).
+pub fn is_form(content_type: &str) -> bool {
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    media.eq_ignore_ascii_case("application/x-www-form-urlencoded")
+}
+
+/// `name=value&…` with a parameter whose percent-decoded name is `access_token`.
+fn has_access_token(params: &str) -> bool {
+    params.split('&').any(|pair| {
         let name = pair.split('=').next().unwrap_or(pair);
         percent_decoded_eq(name, "access_token")
     })
@@ -86,6 +103,17 @@ fn is_b64token(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_access_token_in_a_form_body_is_found() {
+        assert!(in_form(b"amount=1&access_token=abc"));
+        assert!(in_form(b"access%5ftoken=abc"));
+        assert!(!in_form(b"amount=1&note=access_token"));
+        assert!(!in_form(b"\xff\xfe"));
+        assert!(is_form("Application/X-WWW-Form-Urlencoded; charset=utf-8"));
+        assert!(!is_form("application/json"));
+        assert!(!is_form("multipart/form-data; boundary=x"));
+    }
 
     #[test]
     fn an_access_token_in_the_query_is_found_however_it_is_spelled() {

@@ -1544,3 +1544,26 @@ fn concurrent_checks_on_one_worker_share_one_key_set_call() {
     assert_eq!(f.idp.jwks_fetches(), 1, "one key set call for eight checks");
     assert_eq!(f.counter("certbound.jwks_fetches"), 1);
 }
+
+#[test]
+fn a_second_token_in_a_form_body_never_reaches_the_api_whole() {
+    let f = Fixture::new(Format::Json);
+    let token = f.bound_token(CLIENT, SCOPES);
+    let client = f.envoy.client(CLIENT);
+    let post = |body: &'static str| {
+        send(
+            client
+                .post(f.envoy.url("/api/transactions"))
+                .header("authorization", format!("Bearer {token}"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body),
+        )
+    };
+    let reply = post("amount=1&access_token=stolen-token");
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert_eq!(reply.json()["error"], "invalid_request");
+    assert_eq!(f.upstream.count(), 0, "the API got no whole request");
+    let reply = post("amount=1");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(f.upstream.last().body, b"amount=1");
+}

@@ -1011,3 +1011,35 @@ fn a_key_set_call_that_cannot_be_sent_is_503() {
     assert_eq!(p.status(a), 503);
     assert_eq!(p.counter("jwks_fetches"), 0);
 }
+
+#[test]
+fn a_second_token_in_a_form_body_is_refused_before_the_body_goes_on() {
+    let mut p = Proxy::new(&config("json"), NOW);
+    let form = [
+        (":method", "POST"),
+        (":path", PATH),
+        ("authorization", "Bearer tok"),
+        (
+            "content-type",
+            "application/x-www-form-urlencoded; charset=utf-8",
+        ),
+    ];
+    let a = p.request(&form, Some(MINE));
+    p.answer(a, 200, &[], &active_json(MINE));
+    assert!(
+        !p.body(a, b"amount=1&", false),
+        "a form body is held until it is whole"
+    );
+    assert!(!p.body(a, b"access_token=stolen", true));
+    let replies = p.host.0.borrow().streams[&a].replies.clone();
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].status, 400);
+    // A form without a token, and a body of another type, go on.
+    let b = p.request(&form, Some(MINE));
+    assert!(p.body(b, b"amount=1&note=access_token", true));
+    let mut json = form;
+    json[3] = ("content-type", "application/json");
+    let c = p.request(&json, Some(MINE));
+    assert!(p.body(c, b"access_token=x", false));
+    assert_eq!(p.counter("requests_denied.invalid_request"), 1);
+}
