@@ -102,8 +102,8 @@ certs: ## make the example CA, server and client certificates in certs/out (idem
 #    instructions per request).
 WASM_EXPORTS   := memory _initialize proxy_abi_version_0_2_1 proxy_on_memory_allocate \
                   proxy_on_vm_start proxy_on_configure proxy_on_tick proxy_on_context_create \
-                  proxy_on_request_headers proxy_on_request_body proxy_on_http_call_response proxy_on_done \
-                  proxy_on_delete
+                  proxy_on_request_headers proxy_on_request_body proxy_on_request_trailers \
+                  proxy_on_http_call_response proxy_on_done proxy_on_delete
 WASM_FEATURES  := --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
                   --enable-mutable-globals
 WASM_OPT_HINT  := Install binaryen (Debian: apt-get install binaryen).

@@ -347,6 +347,15 @@ impl Proxy {
         self.host.0.borrow_mut().delivery = None;
     }
 
+    /// The request's trailers arrive (its body ended without `last`); `true` when it went on.
+    pub fn trailers(&mut self, context: u32) -> bool {
+        self.host.0.borrow_mut().current = context;
+        match self.contexts.get_mut(&context) {
+            Some(http) => http.on_request_trailers() == Action::Continue,
+            None => false,
+        }
+    }
+
     /// The client goes away: the proxy calls `on_done` and forgets the stream.
     pub fn gone(&mut self, context: u32) {
         self.host.0.borrow_mut().current = context;

@@ -127,6 +127,22 @@ impl<H: Host> Http<H> {
         if !end_of_stream {
             return Action::Pause;
         }
+        self.check_form_body(body_size)
+    }
+
+    /// Trailers end a body whose last data did not: the form body is checked now, else it would
+    /// go on with them unchecked.
+    pub fn on_request_trailers(&mut self) -> Action {
+        if !self.form_body {
+            return Action::Continue;
+        }
+        // All that is buffered: the host answers with what it has.
+        self.check_form_body(usize::MAX)
+    }
+
+    fn check_form_body(&mut self, body_size: usize) -> Action {
+        // Checked once: what comes after (nothing, for a whole body) passes.
+        self.form_body = false;
         let Some(worker) = self.worker.clone() else {
             return refuse(&self.host, "the filter is not configured", "certbound");
         };
@@ -232,5 +248,9 @@ impl HttpContext for Http<ProxyHost> {
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.on_request_body(body_size, end_of_stream)
+    }
+
+    fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
+        self.on_request_trailers()
     }
 }

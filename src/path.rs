@@ -43,7 +43,8 @@ fn is_plain(path: &str) -> bool {
             return false;
         };
         let decoded = (h * 16 + l) as u8;
-        if decoded.is_ascii_alphanumeric() || b"-._~/\\".contains(&decoded) {
+        // An unreserved character, a separator, or a control character (`%00` cuts C strings).
+        if decoded.is_ascii_alphanumeric() || b"-._~/\\".contains(&decoded) || decoded < 0x20 {
             return false;
         }
         i = at + 3;
@@ -124,6 +125,8 @@ mod tests {
             "/api/x%",
             "/api/x%4",
             "/api/x%zz",
+            "/api/transactions%00.json",
+            "/api/x%0a",
             "api/transactions",
             "",
             "/api/x#frag",

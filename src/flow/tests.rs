@@ -1034,6 +1034,11 @@ fn a_second_token_in_a_form_body_is_refused_before_the_body_goes_on() {
     let replies = p.host.0.borrow().streams[&a].replies.clone();
     assert_eq!(replies.len(), 1);
     assert_eq!(replies[0].status, 400);
+    // A body ended by trailers is checked when they come.
+    let t = p.request(&form, Some(MINE));
+    assert!(!p.body(t, b"access_token=stolen", false));
+    assert!(!p.trailers(t));
+    assert_eq!(p.host.0.borrow().streams[&t].replies.len(), 1);
     // A form without a token, and a body of another type, go on.
     let b = p.request(&form, Some(MINE));
     assert!(p.body(b, b"amount=1&note=access_token", true));
@@ -1041,5 +1046,5 @@ fn a_second_token_in_a_form_body_is_refused_before_the_body_goes_on() {
     json[3] = ("content-type", "application/json");
     let c = p.request(&json, Some(MINE));
     assert!(p.body(c, b"access_token=x", false));
-    assert_eq!(p.counter("requests_denied.invalid_request"), 1);
+    assert_eq!(p.counter("requests_denied.invalid_request"), 2);
 }
