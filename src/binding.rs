@@ -40,8 +40,9 @@ impl Thumbprint {
         Some(Thumbprint(out))
     }
 
-    /// From Envoy's `connection.peer_certificate`: the PEM of the client certificate (the first,
-    /// if a chain follows). The DER is checked to be one whole SEQUENCE, not parsed further: the
+    /// From the PEM of a client certificate (the first, if a chain follows), as headers from a TLS
+    /// terminator carry it. (Envoy's `connection.peer_certificate` is not read: see
+    /// `client_thumbprint`.) The DER is checked to be one whole SEQUENCE, not parsed further: the
     /// thumbprint covers the exact bytes, and a full X.509 parser would double the module's size.
     pub fn from_pem(pem: &str) -> Option<Self> {
         let (_, rest) = pem.split_once("-----BEGIN CERTIFICATE-----")?;

@@ -6,6 +6,7 @@
 
 use crate::binding::Thumbprint;
 use crate::jwks::KeySet;
+use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -138,9 +139,11 @@ impl Seal {
             key.update((part.len() as u64).to_le_bytes());
             key.update(part.as_bytes());
         }
-        let key: [u8; 32] = key.finalize().into();
-        // HMAC takes a key of any length: this cannot fail.
-        Seal(Hmac::new_from_slice(&key).unwrap_or_else(|_| unreachable_seal()))
+        // A key of SHA-256's block size, zero-padded as HMAC pads any shorter key: the
+        // infallible constructor, no error to handle.
+        let mut block = [0u8; 64];
+        block[..32].copy_from_slice(&key.finalize());
+        Seal(<Hmac<Sha256> as KeyInit>::new(&block.into()))
     }
 
     /// `value` with its MAC appended.
@@ -158,12 +161,6 @@ impl Seal {
         mac.update(value);
         mac.verify_slice(tag).ok().map(|_| value)
     }
-}
-
-/// `Hmac::new_from_slice` only refuses keys for MACs of fixed key length, which HMAC is not.
-#[cold]
-fn unreachable_seal() -> Hmac<Sha256> {
-    <Hmac<Sha256> as hmac::digest::KeyInit>::new(&Default::default())
 }
 
 /// The token cache in shared data. Its keys do not depend on the configuration: however often the

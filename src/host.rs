@@ -41,9 +41,10 @@ pub trait Host: SharedStore {
     fn set_effective_context(&self, context_id: u32) -> bool;
     /// Sends a call; its answer arrives in the calling context's `on_http_call_response`.
     fn dispatch(&self, call: &Call) -> Result<u32, String>;
-    /// The answer of a dispatched call, read in `on_http_call_response`. `headers` is the number of
-    /// answer headers the host announced (0 when the call failed), `body_size` the body's length.
-    fn call_answer(&self, headers: usize, body_size: usize, max_body: usize) -> CallAnswer;
+    /// The answer of a dispatched call that came back with headers, read in
+    /// `on_http_call_response`; `body_size` is the body's length, a longer one than `max_body`
+    /// is not read.
+    fn call_answer(&self, body_size: usize, max_body: usize) -> CallAnswer;
     /// Defines a counter; `None` if the host refuses.
     fn define_counter(&self, name: &str) -> Option<u32>;
     fn increment_counter(&self, id: u32, by: u64);
@@ -298,12 +299,7 @@ impl Host for ProxyHost {
         .map_err(|status| format!("{status:?}"))
     }
 
-    fn call_answer(&self, headers: usize, body_size: usize, max_body: usize) -> CallAnswer {
-        if headers == 0 {
-            // The call failed (reset, timeout, no upstream), possibly after part of the answer
-            // had arrived: there is nothing to read, and Envoy then answers reads with an error.
-            return CallAnswer::failed();
-        }
+    fn call_answer(&self, body_size: usize, max_body: usize) -> CallAnswer {
         // Bytes, not strings: a value that is not UTF-8 is no status and no max-age.
         let header = |name| {
             header_value(MapType::HttpCallResponseHeaders, name)

@@ -5,7 +5,7 @@
 use crate::binding;
 use crate::cache::TokenKey;
 use crate::deny::{self, DenyReason};
-use crate::flow::{self, Next, RequestFacts, Start, Verdict};
+use crate::flow::{self, CallAnswer, Next, RequestFacts, Start, Verdict};
 use crate::host::{Host, Level, ProxyHost};
 use crate::token;
 use crate::worker::Worker;
@@ -22,7 +22,7 @@ pub struct Http<H: Host> {
     pending: Option<TokenKey>,
     /// The request has an `application/x-www-form-urlencoded` body, to check before it goes on.
     form_body: bool,
-    thumbprint: Option<crate::binding::Thumbprint>,
+    thumbprint: Option<binding::Thumbprint>,
 }
 
 /// Refuses a request the filter cannot check (the state is busy, which does not happen with a
@@ -95,7 +95,13 @@ impl<H: Host> Http<H> {
         let next = match worker.state.try_borrow_mut() {
             Ok(mut st) => {
                 let limit = flow::answer_limit(&worker.config, &st, &key);
-                let answer = self.host.call_answer(headers, body_size, limit);
+                let answer = if headers == 0 {
+                    // The call failed (reset, timeout, no upstream), perhaps after part of the
+                    // answer had come: nothing is read (Envoy answers reads with an error then).
+                    CallAnswer::failed()
+                } else {
+                    self.host.call_answer(body_size, limit)
+                };
                 flow::on_answer(
                     &worker.config,
                     &mut st,
