@@ -1567,3 +1567,72 @@ fn a_second_token_in_a_form_body_never_reaches_the_api_whole() {
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(f.upstream.last().body, b"amount=1");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Memory across reconfigurations (issue 11, item 7).
+
+/// Envoy's heap after the cache is filled once, then reconfigured and filled again five times
+/// (file-based LDS; each listener has another configuration, so another fingerprint): the slots of
+/// the first fill are reused, so the five refills add less than the first fill did. With slot keys
+/// that depended on the fingerprint (before issue 11) each refill added as much as the first.
+#[test]
+fn reconfigurations_do_not_grow_shared_data() {
+    const TOKENS: usize = 300;
+    const REFILLS: usize = 5;
+    let upstream = Upstream::start();
+    let idp = Introspection::start(Format::Jwt);
+    let config = |realm: &str| {
+        let mut config = filter_config(Format::Jwt);
+        config["cache"] = json!({"max_entries": TOKENS});
+        config["realm"] = json!(realm);
+        config
+    };
+    let mut opts = EnvoyOpts::new(config("fill-0"), idp.port(), upstream.port());
+    opts.listener_from_file = true;
+    let envoy = Envoy::start(&opts).unwrap_or_else(|e| panic!("{e}"));
+    // Each entry holds the phantom JWT; 8 KiB of claims make the cache's share of the heap plain.
+    let padding = "p".repeat(8 * 1024);
+    let tokens: Vec<String> = (0..TOKENS)
+        .map(|_| {
+            let token = opaque_token("memory");
+            let mut claims = bound_claims(&thumbprint(CLIENT), SCOPES);
+            claims["padding"] = json!(padding);
+            idp.register(&token, Behaviour::Active(claims));
+            token
+        })
+        .collect();
+    let fill = |round: usize| {
+        // A new client per round: no connection keeps the previous listener's filter alive.
+        let client = envoy.client(CLIENT);
+        for token in &tokens {
+            let reply = get(&client, &envoy, "/api/transactions", Some(token));
+            assert_eq!(reply.status, 200, "round {round}: {reply:?}");
+        }
+        assert_eq!(
+            idp.calls(),
+            TOKENS * (round + 1),
+            "round {round} missed every token"
+        );
+    };
+
+    let before = envoy.allocated_bytes();
+    fill(0);
+    let first_fill = envoy.allocated_bytes().saturating_sub(before);
+    assert!(
+        first_fill > (TOKENS * padding.len()) as u64,
+        "the first fill added only {first_fill} bytes: the measurement does not see the cache"
+    );
+    let after_first = envoy.allocated_bytes();
+    for round in 1..=REFILLS {
+        opts.filter = Some(config(&format!("fill-{round}")));
+        envoy.reconfigure(&opts);
+        fill(round);
+    }
+    let refills = envoy.allocated_bytes().saturating_sub(after_first);
+    assert!(
+        refills < first_fill,
+        "{REFILLS} reconfigurations with a full cache added {refills} bytes, the first fill \
+         {first_fill}: slots of old configurations are left behind"
+    );
+    assert_eq!(upstream.count(), TOKENS * (REFILLS + 1));
+}

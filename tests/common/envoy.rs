@@ -27,6 +27,8 @@ pub struct EnvoyOpts {
     pub remote: Option<RemoteModule>,
     /// Envoy's worker threads, each with its own wasm VM.
     pub concurrency: u32,
+    /// Serve the listener from a file (LDS) so `Envoy::reconfigure` can replace it while running.
+    pub listener_from_file: bool,
 }
 
 /// Where Envoy downloads the module: `http://127.0.0.1:<port>/certbound.wasm` through a cluster
@@ -47,6 +49,7 @@ impl EnvoyOpts {
             require_client_certificate: true,
             remote: None,
             concurrency: 1,
+            listener_from_file: false,
         }
     }
 
@@ -115,7 +118,7 @@ impl Envoy {
         fs::create_dir_all(&dir).expect("create temp dir");
         let listener_port = free_port();
         let admin_port = free_port();
-        let config = bootstrap(opts, listener_port, admin_port);
+        let config = bootstrap(opts, listener_port, admin_port, &dir);
         let config_path = dir.join("envoy.yaml");
         fs::write(
             &config_path,
@@ -178,6 +181,45 @@ impl Envoy {
             }
             thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Gives a `listener_from_file` Envoy the listener of `opts` (same port) and waits until Envoy
+    /// says it took it (`listener_manager.listener_modified` grows).
+    pub fn reconfigure(&self, opts: &EnvoyOpts) {
+        assert!(
+            opts.listener_from_file,
+            "reconfigure needs listener_from_file"
+        );
+        let modified = || {
+            super::stats_matching(self.admin_port, "listener_manager.listener_modified")
+                .values()
+                .sum::<u64>()
+        };
+        let before = modified();
+        write_listener_file(&self.dir, &listener(opts, self.listener_port));
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while modified() == before {
+            assert!(
+                Instant::now() < deadline,
+                "Envoy did not take the new listener"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Envoy's heap in use (admin `/memory`, `allocated`), in bytes.
+    pub fn allocated_bytes(&self) -> u64 {
+        let url = format!("http://127.0.0.1:{}/memory", self.admin_port);
+        let text = admin_client()
+            .get(&url)
+            .send()
+            .and_then(|r| r.text())
+            .expect("admin /memory");
+        let memory: Value = serde_json::from_str(&text).expect("/memory is JSON");
+        memory["allocated"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("allocated in /memory")
     }
 
     /// Whether the process is still running.
@@ -283,12 +325,10 @@ fn module_code(opts: &EnvoyOpts) -> Value {
 
 /// The bootstrap, from the one generator of Envoy configurations (tools/envoy-config): one
 /// mutual-TLS listener, the filter, the clusters.
-fn bootstrap(opts: &EnvoyOpts, listener_port: u16, admin_port: u16) -> Value {
-    let http_filters = opts
-        .filter
-        .iter()
-        .map(|f| envoy_config::wasm_filter("certbound", module_code(opts), Some(f)))
-        .collect();
+/// Where a `listener_from_file` Envoy reads its listener.
+const LISTENER_FILE: &str = "listeners.json";
+
+fn bootstrap(opts: &EnvoyOpts, listener_port: u16, admin_port: u16, dir: &Path) -> Value {
     let mut clusters = vec![
         envoy_config::static_cluster("introspection", opts.introspection_port),
         envoy_config::static_cluster("upstream", opts.upstream_port),
@@ -296,12 +336,42 @@ fn bootstrap(opts: &EnvoyOpts, listener_port: u16, admin_port: u16) -> Value {
     if let Some(remote) = &opts.remote {
         clusters.push(envoy_config::static_cluster("wasm_server", remote.port));
     }
+    let listener = listener(opts, listener_port);
+    if !opts.listener_from_file {
+        return envoy_config::bootstrap(admin_port, vec![listener], clusters);
+    }
+    write_listener_file(dir, &listener);
+    let mut config = envoy_config::bootstrap(admin_port, Vec::new(), clusters);
+    // Envoy refuses dynamic resources without a node identity.
+    config["node"] = serde_json::json!({"id": "certbound-test", "cluster": "certbound-test"});
+    config["dynamic_resources"] = serde_json::json!({"lds_config": {
+        "resource_api_version": "V3",
+        "path_config_source": {"path": dir.join(LISTENER_FILE)}
+    }});
+    config
+}
+
+/// Replaces the listener file in one rename, the way Envoy's file watch expects an update.
+fn write_listener_file(dir: &Path, listener: &Value) {
+    let mut listener = listener.clone();
+    listener["@type"] = "type.googleapis.com/envoy.config.listener.v3.Listener".into();
+    let update = serde_json::json!({"resources": [listener]});
+    let staged = dir.join(format!("{LISTENER_FILE}.new"));
+    fs::write(&staged, serde_json::to_string(&update).expect("json")).expect("write listener");
+    fs::rename(&staged, dir.join(LISTENER_FILE)).expect("move listener into place");
+}
+
+fn listener(opts: &EnvoyOpts, listener_port: u16) -> Value {
+    let http_filters = opts
+        .filter
+        .iter()
+        .map(|f| envoy_config::wasm_filter("certbound", module_code(opts), Some(f)))
+        .collect();
     let tls = envoy_config::downstream_tls(&certs_dir(), opts.require_client_certificate);
-    let listener = envoy_config::api_listener(
+    envoy_config::api_listener(
         listener_port,
         tls,
         envoy_config::routes_to("upstream"),
         http_filters,
-    );
-    envoy_config::bootstrap(admin_port, vec![listener], clusters)
+    )
 }
