@@ -490,6 +490,12 @@ fn on_key_set(
         (Some(200), Some(body)) => match KeySet::parse(&body) {
             Ok(keys) => {
                 jwks_store(cfg, &st.seal).save(store, now, &body);
+                if !keys.skipped.is_empty() {
+                    let skipped = keys.skipped.join("; ");
+                    st.notices.push(format!(
+                        "the key set's unusable keys were left out: {skipped}"
+                    ));
+                }
                 st.key_set_failed_at = None;
                 let keys = Rc::new(keys);
                 st.keys = Some((now, keys.clone()));

@@ -92,7 +92,7 @@ impl<H: Host> Http<H> {
             return;
         };
         let now = self.host.now();
-        let next = match worker.state.try_borrow_mut() {
+        let (next, notices) = match worker.state.try_borrow_mut() {
             Ok(mut st) => {
                 let limit = flow::answer_limit(&worker.config, &st, &key);
                 let answer = if headers == 0 {
@@ -102,7 +102,7 @@ impl<H: Host> Http<H> {
                 } else {
                     self.host.call_answer(body_size, limit)
                 };
-                flow::on_answer(
+                let next = flow::on_answer(
                     &worker.config,
                     &mut st,
                     &self.host,
@@ -110,10 +110,14 @@ impl<H: Host> Http<H> {
                     self.id,
                     answer,
                     now,
-                )
+                );
+                (next, std::mem::take(&mut st.notices))
             }
             Err(_) => return,
         };
+        for notice in &notices {
+            self.host.log(Level::Warn, notice);
+        }
         match next {
             Next::Dispatch(call) => self.dispatch(&worker, key, &call),
             Next::Wait => {}

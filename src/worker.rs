@@ -50,6 +50,9 @@ pub struct State {
     pub key_set_failed_at: Option<u64>,
     /// Counts not yet handed to the host.
     pub tally: Tally,
+    /// Lines for the host's log that no single request's verdict carries (what a new key set
+    /// left out); the adapter logs and empties it after each call answer.
+    pub notices: Vec<String>,
 }
 
 impl State {
@@ -63,6 +66,7 @@ impl State {
             key_set_fetch: None,
             key_set_failed_at: None,
             tally: Tally::default(),
+            notices: Vec::new(),
         }
     }
 }

@@ -156,10 +156,18 @@ fn fingerprint(raw: &[u8], secret: &str) -> String {
 
 fn realm(value: Option<String>) -> Result<String> {
     match value {
-        Some(r) if r.is_empty() || r.contains(['"', '\\']) => err(
-            "realm",
-            "must be non-empty and contain no quote or backslash",
-        ),
+        // It goes into `WWW-Authenticate` as a quoted string: printable ASCII, no quote or
+        // backslash (no CR/LF to split the header with).
+        Some(r)
+            if r.is_empty()
+                || r.bytes()
+                    .any(|b| !(b' '..=b'~').contains(&b) || b == b'"' || b == b'\\') =>
+        {
+            err(
+                "realm",
+                "must be non-empty printable ASCII without quote or backslash",
+            )
+        }
         Some(r) => Ok(r),
         None => Ok("certbound".to_string()),
     }

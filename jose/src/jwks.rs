@@ -2,7 +2,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use serde::Deserialize;
+use serde_json::{Map, Value};
 
 /// A verification key's material; the JWT's `alg` decides how RSA keys are used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,71 +27,96 @@ pub struct Jwk {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct KeySet {
     pub keys: Vec<Jwk>,
+    /// The keys left out, each as "key N (kid …): why", for a log line.
+    pub skipped: Vec<String>,
 }
 
-#[derive(Deserialize)]
-struct RawSet {
-    keys: Vec<RawKey>,
+fn b64(value: Option<&Value>) -> Result<Vec<u8>, &'static str> {
+    let text = value
+        .and_then(Value::as_str)
+        .ok_or("a key member is missing")?;
+    URL_SAFE_NO_PAD
+        .decode(text)
+        .map_err(|_| "a key member is not base64url")
 }
 
-#[derive(Deserialize)]
-struct RawKey {
-    kty: String,
-    kid: Option<String>,
-    alg: Option<String>,
-    #[serde(rename = "use")]
-    use_: Option<String>,
-    crv: Option<String>,
-    n: Option<String>,
-    e: Option<String>,
-    x: Option<String>,
-    y: Option<String>,
+/// `name` of `key`: absent, or a string (RFC 7517 section 4).
+fn optional_string<'a>(
+    key: &'a Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<&'a str>, &'static str> {
+    match key.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err("a member is not a string"),
+    }
 }
 
-fn b64(v: &Option<String>) -> Option<Vec<u8>> {
-    URL_SAFE_NO_PAD.decode(v.as_deref()?).ok()
+/// One key of the set, or why it cannot be used.
+fn key(value: &Value) -> Result<Jwk, &'static str> {
+    let key = value.as_object().ok_or("not a JSON object")?;
+    let kty = optional_string(key, "kty")?.ok_or("no kty")?;
+    let kid = optional_string(key, "kid")?;
+    let alg = optional_string(key, "alg")?;
+    if optional_string(key, "use")?.is_some_and(|u| u != "sig") {
+        return Err("not a signature key");
+    }
+    let crv = optional_string(key, "crv")?;
+    let material = match (kty, crv) {
+        ("RSA", _) => KeyMaterial::Rsa {
+            n: b64(key.get("n"))?,
+            e: b64(key.get("e"))?,
+        },
+        ("EC", Some("P-256")) => {
+            let (x, y) = (b64(key.get("x"))?, b64(key.get("y"))?);
+            if x.len() != 32 || y.len() != 32 {
+                return Err("a coordinate is not 32 bytes");
+            }
+            let mut point = vec![4u8];
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            KeyMaterial::P256(point)
+        }
+        ("OKP", Some("Ed25519")) => KeyMaterial::Ed25519(b64(key.get("x"))?),
+        _ => return Err("a key type certbound does not verify with"),
+    };
+    if !crate::jwt::usable(&material) {
+        return Err("not a valid key of its type (or an RSA key under 2048 bits)");
+    }
+    Ok(Jwk {
+        kid: kid.map(str::to_string),
+        alg: alg.map(str::to_string),
+        material,
+    })
 }
 
 impl KeySet {
-    /// Parses a JWKS document. Keys that are not signature keys of a supported type are skipped;
-    /// a set with no usable key is an error.
+    /// Parses a JWKS document. A key that cannot be used (another type or use, a member of the
+    /// wrong type, bad material) is skipped and named in `skipped` (RFC 7517 section 5: "ignore
+    /// JWKs within a JWK Set that use kty values that are not understood"); a document that is
+    /// not an object with a `keys` array, or has no usable key, is an error.
     pub fn parse(bytes: &[u8]) -> Result<KeySet, &'static str> {
-        let raw: RawSet =
-            serde_json::from_slice(bytes).map_err(|_| "the key set is not JWKS JSON")?;
-        let keys: Vec<Jwk> = raw
-            .keys
-            .into_iter()
-            .filter(|k| k.use_.as_deref().is_none_or(|u| u == "sig"))
-            .filter_map(|k| {
-                let material = match (k.kty.as_str(), k.crv.as_deref()) {
-                    ("RSA", _) => KeyMaterial::Rsa {
-                        n: b64(&k.n)?,
-                        e: b64(&k.e)?,
-                    },
-                    ("EC", Some("P-256")) => {
-                        let (x, y) = (b64(&k.x)?, b64(&k.y)?);
-                        if x.len() != 32 || y.len() != 32 {
-                            return None;
-                        }
-                        let mut point = vec![4u8];
-                        point.extend_from_slice(&x);
-                        point.extend_from_slice(&y);
-                        KeyMaterial::P256(point)
-                    }
-                    ("OKP", Some("Ed25519")) => KeyMaterial::Ed25519(b64(&k.x)?),
-                    _ => return None,
-                };
-                Some(Jwk {
-                    kid: k.kid,
-                    alg: k.alg,
-                    material,
-                })
-            })
-            .collect();
+        let set = crate::json::object(bytes).ok_or("the key set is not a JSON object")?;
+        let Some(Value::Array(values)) = set.get("keys") else {
+            return Err("the key set has no keys array");
+        };
+        let mut keys = Vec::new();
+        let mut skipped = Vec::new();
+        for (index, value) in values.iter().enumerate() {
+            match key(value) {
+                Ok(jwk) => keys.push(jwk),
+                Err(why) => {
+                    // The kid comes from the server: quoted and cut, never a log line of its own.
+                    let kid = value.get("kid").and_then(Value::as_str).unwrap_or("-");
+                    let kid: String = kid.chars().take(64).collect();
+                    skipped.push(format!("key {index} (kid {kid:?}): {why}"));
+                }
+            }
+        }
         if keys.is_empty() {
             return Err("the key set has no usable signature key");
         }
-        Ok(KeySet { keys })
+        Ok(KeySet { keys, skipped })
     }
 }
 
@@ -110,23 +135,94 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A JWK of each supported type, made from real keys.
+    fn rsa_jwk(kid: &str) -> Value {
+        let c = crate::testing::ps256().public_key().to_components();
+        json!({"kty": "RSA", "kid": kid, "n": URL_SAFE_NO_PAD.encode(c.n), "e": URL_SAFE_NO_PAD.encode(c.e)})
+    }
+
+    fn ec_jwk(kid: &str) -> Value {
+        use jwt_simple::prelude::*;
+        let point = ES256KeyPair::generate()
+            .public_key()
+            .public_key()
+            .to_bytes_uncompressed();
+        json!({"kty": "EC", "crv": "P-256", "kid": kid,
+            "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..])})
+    }
+
+    fn ed_jwk(kid: &str) -> Value {
+        use jwt_simple::prelude::*;
+        let x = Ed25519KeyPair::generate().public_key().to_bytes();
+        json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": URL_SAFE_NO_PAD.encode(x)})
+    }
+
     #[test]
-    fn supported_signature_keys_are_parsed_and_others_skipped() {
+    fn usable_keys_are_kept_and_every_other_key_is_skipped_with_its_reason() {
+        let mut pinned = rsa_jwk("r1");
+        pinned["alg"] = json!("PS256");
+        pinned["use"] = json!("sig");
+        let mut enc = rsa_jwk("enc");
+        enc["use"] = json!("enc");
+        let mut kid_number = rsa_jwk("x");
+        kid_number["kid"] = json!(7);
+        let mut alg_number = ec_jwk("x");
+        alg_number["alg"] = json!(-7);
+        let mut no_kty = ed_jwk("no-kty");
+        no_kty.as_object_mut().unwrap().remove("kty");
         let doc = json!({"keys": [
-            {"kty": "RSA", "kid": "r1", "alg": "PS256", "use": "sig", "n": "AQAB", "e": "AQAB"},
-            {"kty": "RSA", "kid": "enc", "use": "enc", "n": "AQAB", "e": "AQAB"},
-            {"kty": "EC", "kid": "e1", "crv": "P-256", "x": URL_SAFE_NO_PAD.encode([1u8; 32]), "y": URL_SAFE_NO_PAD.encode([2u8; 32])},
-            {"kty": "EC", "kid": "e2", "crv": "P-384", "x": "AQAB", "y": "AQAB"},
-            {"kty": "OKP", "kid": "o1", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode([3u8; 32])},
+            pinned,
+            enc,
+            ec_jwk("e1"),
+            {"kty": "EC", "kid": "p384", "crv": "P-384", "x": "AQAB", "y": "AQAB"},
+            ed_jwk("o1"),
             {"kty": "oct", "kid": "h1", "k": "c2VjcmV0"},
-            {"kty": "RSA", "kid": "bad", "n": "!!", "e": "AQAB"}
+            {"kty": "RSA", "kid": "bad-b64", "n": "!!", "e": "AQAB"},
+            {"kty": "RSA", "kid": "rsa-1024", "n": URL_SAFE_NO_PAD.encode([0xffu8; 128]), "e": "AQAB"},
+            {"kty": "EC", "crv": "P-256", "kid": "off-curve",
+                "x": URL_SAFE_NO_PAD.encode([1u8; 32]), "y": URL_SAFE_NO_PAD.encode([2u8; 32])},
+            kid_number,
+            alg_number,
+            no_kty,
+            "not a key",
+            ["an", "array"],
+            rsa_jwk("r2"),
         ]});
         let set = KeySet::parse(doc.to_string().as_bytes()).unwrap();
         let kids: Vec<_> = set.keys.iter().map(|k| k.kid.clone().unwrap()).collect();
-        assert_eq!(kids, ["r1", "e1", "o1"]);
+        assert_eq!(kids, ["r1", "e1", "o1", "r2"]);
+        assert_eq!(set.keys[0].alg.as_deref(), Some("PS256"));
         assert!(
             matches!(&set.keys[1].material, KeyMaterial::P256(p) if p.len() == 65 && p[0] == 4)
         );
+        let expected = [
+            r#"key 1 (kid "enc"): not a signature key"#,
+            r#"key 3 (kid "p384"): a key type certbound does not verify with"#,
+            r#"key 5 (kid "h1"): a key type certbound does not verify with"#,
+            r#"key 6 (kid "bad-b64"): a key member is not base64url"#,
+            r#"key 7 (kid "rsa-1024"): not a valid key of its type (or an RSA key under 2048 bits)"#,
+            r#"key 8 (kid "off-curve"): not a valid key of its type (or an RSA key under 2048 bits)"#,
+            r#"key 9 (kid "-"): a member is not a string"#,
+            r#"key 10 (kid "x"): a member is not a string"#,
+            r#"key 11 (kid "no-kty"): no kty"#,
+            r#"key 12 (kid "-"): not a JSON object"#,
+            r#"key 13 (kid "-"): not a JSON object"#,
+        ];
+        assert_eq!(set.skipped, expected);
+    }
+
+    #[test]
+    fn a_kid_is_logged_quoted_and_cut() {
+        let doc = json!({"keys": [rsa_jwk("ok"), {"kty": "oct", "kid": format!("a\nb{}", "x".repeat(100))}]});
+        let set = KeySet::parse(doc.to_string().as_bytes()).unwrap();
+        assert_eq!(set.skipped.len(), 1);
+        assert!(
+            set.skipped[0].starts_with(r#"key 1 (kid "a\nbxxx"#),
+            "{:?}",
+            set.skipped
+        );
+        assert!(!set.skipped[0].contains('\n'));
+        assert!(set.skipped[0].len() < 140);
     }
 
     #[test]
@@ -136,6 +232,9 @@ mod tests {
             br#"{"keys": []}"#,
             br#"{"keys": [{"kty":"oct","k":"AA"}]}"#,
             br#"{}"#,
+            br#"{"keys": {"kty": "RSA"}}"#,
+            br#"[{"keys": []}]"#,
+            br#"{"keys": [], "keys": []}"#,
         ] {
             assert!(
                 KeySet::parse(doc).is_err(),

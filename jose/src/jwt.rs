@@ -142,6 +142,16 @@ enum Key {
 
 const MIN_RSA_BITS: usize = 2048;
 
+/// Whether `material` makes a verification key (for RSA, as a PS256 key: the same checks).
+pub(crate) fn usable(material: &KeyMaterial) -> bool {
+    let alg = match material {
+        KeyMaterial::Rsa { .. } => Algorithm::PS256,
+        KeyMaterial::P256(_) => Algorithm::ES256,
+        KeyMaterial::Ed25519(_) => Algorithm::EdDSA,
+    };
+    Key::new(material, alg).is_some()
+}
+
 impl Key {
     fn new(material: &KeyMaterial, alg: Algorithm) -> Option<Key> {
         // RSA keys under 2048 bits are refused (RFC 7518 section 3.3, NIST SP 800-131A).
@@ -240,31 +250,41 @@ pub fn verify(
     now: u64,
     max_length: usize,
 ) -> Result<Map<String, Value>, JwtError> {
+    let payload = verify_signature(token, keys, rules, max_length)?;
+    // The signature holds: read the claims, every one (standard or not) and the registered ones.
+    let claims = crate::json::object(&payload).ok_or(JwtError::Malformed)?;
+    let registered: Registered =
+        serde_json::from_slice(&payload).map_err(|_| JwtError::Malformed)?;
+    check_times(&registered, now, rules.clock_skew_seconds)?;
+    if registered.iss.as_deref() != Some(rules.issuer.as_str()) {
+        return Err(JwtError::BadIssuer);
+    }
+    let audience_ok = registered
+        .aud
+        .is_some_and(|aud| aud.iter().any(|a| rules.audiences.contains(a)));
+    if !audience_ok {
+        return Err(JwtError::BadAudience);
+    }
+    Ok(claims)
+}
+
+/// The JWS part of `verify`: structure, header, algorithm, key and signature. Returns the payload's
+/// bytes, not yet read as claims.
+pub fn verify_signature(
+    token: &str,
+    keys: &KeySet,
+    rules: &JwtRules,
+    max_length: usize,
+) -> Result<Vec<u8>, JwtError> {
     let mut parts = token.split('.');
     let header_b64 = parts.next().ok_or(JwtError::Malformed)?;
     if header_b64.len() > MAX_HEADER_LENGTH {
         return Err(JwtError::Malformed);
     }
-    let header: Header =
-        serde_json::from_slice(&b64(header_b64)?).map_err(|_| JwtError::Malformed)?;
+    let header_json = b64(header_b64)?;
+    crate::json::object(&header_json).ok_or(JwtError::Malformed)?;
+    let header: Header = serde_json::from_slice(&header_json).map_err(|_| JwtError::Malformed)?;
     let alg = allowed(&header.alg, rules).ok_or(JwtError::AlgorithmNotAllowed)?;
-    let kid = header.kid.as_deref();
-    let jwk = keys
-        .keys
-        .iter()
-        .filter(|k| k.alg.as_deref().is_none_or(|a| a == alg.name()))
-        .filter(|k| {
-            matches!(
-                (&k.material, alg),
-                (KeyMaterial::Rsa { .. }, Algorithm::PS256 | Algorithm::RS256)
-                    | (KeyMaterial::P256(_), Algorithm::ES256)
-                    | (KeyMaterial::Ed25519(_), Algorithm::EdDSA)
-            )
-        })
-        .find(|k| kid.is_none() || k.kid.as_deref() == kid)
-        .ok_or(JwtError::UnknownKey)?;
-    let key = Key::new(&jwk.material, alg).ok_or(JwtError::UnknownKey)?;
-
     if token.len() > max_length {
         return Err(JwtError::Malformed);
     }
@@ -284,26 +304,35 @@ pub fn verify(
     let signed = token
         .get(..header_b64.len() + 1 + payload_b64.len())
         .ok_or(JwtError::Malformed)?;
-    key.verify(signed.as_bytes(), &signature)?;
-
-    // The signature holds: read the claims, every one (standard or not) and the registered ones.
-    let payload = b64(payload_b64)?;
-    let claims: Map<String, Value> =
-        serde_json::from_slice(&payload).map_err(|_| JwtError::Malformed)?;
-    let registered: Registered =
-        serde_json::from_slice(&payload).map_err(|_| JwtError::Malformed)?;
-    check_times(&registered, now, rules.clock_skew_seconds)?;
-    if registered.iss.as_deref() != Some(rules.issuer.as_str()) {
-        return Err(JwtError::BadIssuer);
+    // The keys of the algorithm's type (and, if the key pins one, its `alg`), with the JWT's `kid`
+    // if it names one. Without a `kid` every such key is tried (rotation without key ids).
+    let kid = header.kid.as_deref();
+    let mut candidates = keys
+        .keys
+        .iter()
+        .filter(|k| k.alg.as_deref().is_none_or(|a| a == alg.name()))
+        .filter(|k| kid.is_none() || k.kid.as_deref() == kid)
+        .filter_map(|k| Key::new(&k.material, alg))
+        .peekable();
+    if candidates.peek().is_none() {
+        return Err(JwtError::UnknownKey);
     }
-    let audience_ok = registered
-        .aud
-        .is_some_and(|aud| aud.iter().any(|a| rules.audiences.contains(a)));
-    if !audience_ok {
-        return Err(JwtError::BadAudience);
+    let mut outcome = Err(JwtError::BadSignature);
+    for key in candidates {
+        outcome = key.verify(signed.as_bytes(), &signature);
+        if outcome != Err(JwtError::BadSignature) {
+            break;
+        }
     }
-    Ok(claims)
+    outcome?;
+    b64(payload_b64)
 }
+
+#[cfg(test)]
+mod conformance;
+
+#[cfg(test)]
+mod differential;
 
 #[cfg(test)]
 mod tests {

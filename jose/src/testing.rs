@@ -88,3 +88,93 @@ pub fn sign_with(key: &PS256KeyPair, extra: Value, exp: u64, typ: Option<&str>) 
     };
     key.sign_with_options(claims, &opts).unwrap()
 }
+
+/// A signer over any header and payload bytes (jwt-simple only signs the headers it makes), for
+/// the conformance tests, the differential test and the fuzz seeds. Deterministic: RS256
+/// (PKCS #1 v1.5), ES256 (RFC 6979), Ed25519.
+pub enum RawSigner {
+    Rs256(Box<rsa::pkcs1v15::SigningKey<sha2::Sha256>>),
+    Es256(p256::ecdsa::SigningKey),
+    EdDsa(ed25519_compact::KeyPair),
+}
+
+impl RawSigner {
+    /// The RS256 signer of a fresh 2048-bit key (jwt-simple makes it; rsa signs with it).
+    pub fn rs256() -> RawSigner {
+        use rsa::pkcs1::DecodeRsaPrivateKey;
+        use rsa::pkcs8::DecodePrivateKey;
+        let der = RS256KeyPair::generate(2048).unwrap().to_der().unwrap();
+        let key = rsa::RsaPrivateKey::from_pkcs1_der(&der)
+            .or_else(|_| rsa::RsaPrivateKey::from_pkcs8_der(&der))
+            .unwrap();
+        RawSigner::Rs256(Box::new(rsa::pkcs1v15::SigningKey::new(key)))
+    }
+
+    pub fn es256(seed: u8) -> RawSigner {
+        let bytes = [seed.max(1); 32];
+        RawSigner::Es256(p256::ecdsa::SigningKey::from_slice(&bytes).unwrap())
+    }
+
+    pub fn ed25519(seed: u8) -> RawSigner {
+        let seed = ed25519_compact::Seed::new([seed; 32]);
+        RawSigner::EdDsa(ed25519_compact::KeyPair::from_seed(seed))
+    }
+
+    pub fn alg(&self) -> &'static str {
+        match self {
+            RawSigner::Rs256(_) => "RS256",
+            RawSigner::Es256(_) => "ES256",
+            RawSigner::EdDsa(_) => "EdDSA",
+        }
+    }
+
+    /// The public JWK, with `kid`.
+    pub fn jwk(&self, kid: &str) -> Value {
+        let b = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
+        match self {
+            RawSigner::Rs256(key) => {
+                use rsa::traits::PublicKeyParts;
+                let public = key.as_ref().as_ref().to_public_key();
+                serde_json::json!({"kty": "RSA", "kid": kid,
+                    "n": b(&public.n().to_bytes_be()), "e": b(&public.e().to_bytes_be())})
+            }
+            RawSigner::Es256(key) => {
+                let point = key.verifying_key().to_encoded_point(false);
+                serde_json::json!({"kty": "EC", "crv": "P-256", "kid": kid,
+                    "x": b(point.x().unwrap()), "y": b(point.y().unwrap())})
+            }
+            RawSigner::EdDsa(pair) => {
+                serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": b(&pair.pk[..])})
+            }
+        }
+    }
+
+    /// The raw signature over `input`.
+    pub fn signature(&self, input: &[u8]) -> Vec<u8> {
+        use rsa::signature::{SignatureEncoding, Signer};
+        match self {
+            RawSigner::Rs256(key) => key.sign(input).to_vec(),
+            RawSigner::Es256(key) => {
+                let sig: p256::ecdsa::Signature = key.sign(input);
+                sig.to_bytes().to_vec()
+            }
+            RawSigner::EdDsa(pair) => pair.sk.sign(input, None).to_vec(),
+        }
+    }
+
+    /// `BASE64URL(header) . BASE64URL(payload) . BASE64URL(signature)`.
+    pub fn sign(&self, header: &[u8], payload: &[u8]) -> String {
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(payload)
+        );
+        let signature = URL_SAFE_NO_PAD.encode(self.signature(input.as_bytes()));
+        format!("{input}.{signature}")
+    }
+}
+
+/// The key set of `jwks` (each a public JWK).
+pub fn key_set_of(jwks: &[Value]) -> KeySet {
+    KeySet::parse(serde_json::json!({ "keys": jwks }).to_string().as_bytes()).unwrap()
+}

@@ -549,6 +549,44 @@ fn an_unknown_kid_refetches_the_key_set_at_most_once_per_interval() {
 }
 
 #[test]
+fn a_key_set_with_keys_the_filter_cannot_use_still_serves_the_others_and_names_them_once() {
+    let mut p = Proxy::new(&config("jwt"), NOW);
+    let mut jwks: Value = serde_json::from_str(&jwks_json(&[ps256()])).unwrap();
+    let keys = jwks["keys"].as_array_mut().unwrap();
+    keys.insert(0, json!({"kty": "RSA", "kid": 7, "n": "AQAB", "e": "AQAB"}));
+    keys.push(json!({"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"}));
+    keys.push(json!("not a key"));
+    let a = p.get(PATH, "tok-a", Some(MINE));
+    p.answer(a, 200, &[], phantom(MINE).as_bytes());
+    p.answer(a, 200, &[], jwks.to_string().as_bytes());
+    assert_eq!(p.status(a), 200);
+    let warnings = |p: &Proxy| {
+        let host = p.host.0.borrow();
+        let lines: Vec<String> = host
+            .logs
+            .iter()
+            .filter(|(_, line)| line.contains("unusable keys"))
+            .map(|(_, line)| line.clone())
+            .collect();
+        lines
+    };
+    let logged = warnings(&p);
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    for part in [
+        "key 0 (kid \"-\")",
+        "key 2 (kid \"hmac\")",
+        "key 3 (kid \"-\")",
+    ] {
+        assert!(logged[0].contains(part), "{part} in {logged:?}");
+    }
+    // The next check uses this worker's copy: nothing is logged again.
+    let b = p.get(PATH, "tok-b", Some(MINE));
+    p.answer(b, 200, &[], phantom(MINE).as_bytes());
+    assert_eq!(p.status(b), 200);
+    assert_eq!(warnings(&p).len(), 1);
+}
+
+#[test]
 fn another_workers_key_set_in_shared_data_is_used() {
     let mut p = Proxy::new(&config("jwt"), NOW);
     let a = p.get(PATH, "tok-a", Some(MINE));

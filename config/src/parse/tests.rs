@@ -319,6 +319,31 @@ fn every_bad_configuration_names_its_field() {
             |v| v["realm"] = json!("a\"b"),
             "realm: must be non-empty",
         ),
+        (
+            "json",
+            |v| v["realm"] = json!("api\r\nSet-Cookie: x=1"),
+            "realm: must be non-empty printable ASCII",
+        ),
+        (
+            "json",
+            |v| v["realm"] = json!("tab\there"),
+            "realm: must be non-empty printable ASCII",
+        ),
+        (
+            "json",
+            |v| v["realm"] = json!("bank\u{7f}"),
+            "realm: must be non-empty printable ASCII",
+        ),
+        (
+            "json",
+            |v| v["realm"] = json!("bänk"),
+            "realm: must be non-empty printable ASCII",
+        ),
+        (
+            "json",
+            |v| v["realm"] = json!(""),
+            "realm: must be non-empty printable ASCII",
+        ),
     ];
     for (format, edit, expected) in table {
         let mut v = minimal(format);
