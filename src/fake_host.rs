@@ -2,6 +2,10 @@
 //! counters in memory, and `Proxy`, which drives the real root and HTTP contexts through it as a
 //! proxy would. Tests assert outcomes (replies, forwarded headers, calls, counters), never the
 //! order of host calls.
+//!
+//! Test support only (unit tests, and the fuzz targets through feature `test-support`): it panics
+//! on a broken invariant, which is what a test or the fuzzer should see.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use crate::binding::Thumbprint;
 use crate::cache::SharedStore;

@@ -45,9 +45,9 @@ impl Headers {
             let name_len = u32_at(4 + 8 * n)?;
             let value_len = u32_at(8 + 8 * n)?;
             let name = b.get(p..p.checked_add(name_len)?)?;
-            p = p.checked_add(name_len + 1)?;
+            p = p.checked_add(name_len)?.checked_add(1)?;
             let value = b.get(p..p.checked_add(value_len)?)?;
-            p = p.checked_add(value_len + 1)?;
+            p = p.checked_add(value_len)?.checked_add(1)?;
             n += 1;
             Some((name, value))
         })

@@ -12,7 +12,7 @@ pub use certbound_config as config;
 pub use certbound_jose::{jwks, jwt};
 pub mod decision;
 pub mod deny;
-#[cfg(test)]
+#[cfg(any(test, feature = "test-support"))]
 pub mod fake_host;
 pub mod flow;
 pub mod headers;

@@ -410,7 +410,21 @@ fn without_values(e: &serde_json::Error) -> String {
             let expected = rest.rsplit_once(", expected ").map_or("", |(_, e)| e);
             format!("{kind}, expected {expected}")
         }
-        _ => message,
+        // A name the configuration has and certbound does not know is named, escaped and cut: it
+        // goes into a log line.
+        _ => match message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.rsplit_once("`, expected "))
+        {
+            Some((name, expected)) => {
+                let name: String = name.chars().take(64).collect();
+                format!(
+                    "unknown field `{}`, expected {expected}",
+                    name.escape_debug()
+                )
+            }
+            None => message.chars().filter(|c| !c.is_control()).collect(),
+        },
     }
 }
 

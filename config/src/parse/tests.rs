@@ -316,6 +316,11 @@ fn every_bad_configuration_names_its_field() {
         ),
         (
             "json",
+            |v| v["cache"]["line\nbreak\u{1b}[31m"] = json!(1),
+            "cache: unknown field `line\\nbreak\\u{1b}[31m`",
+        ),
+        (
+            "json",
             |v| v["realm"] = json!("a\"b"),
             "realm: must be non-empty",
         ),

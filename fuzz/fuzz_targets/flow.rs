@@ -1,0 +1,238 @@
+//! The request flow through the fake host (the real root and HTTP contexts): requests with any
+//! headers and certificates, call answers of any status and body — member JSON, JWTs signed by a
+//! key of the set, key sets, bytes — failures, clients going away, bodies, trailers and time.
+//! After every step each request has at most one fate, and a request without a certificate never
+//! reaches the upstream on a route that requires binding.
+#![no_main]
+use arbitrary::Arbitrary;
+use certbound::binding::Thumbprint;
+use certbound::fake_host::{Fate, Proxy};
+use certbound_fuzz::{keys, Json, NOW};
+use libfuzzer_sys::fuzz_target;
+
+const CERTS: [Thumbprint; 2] = [Thumbprint([1; 32]), Thumbprint([2; 32])];
+const PATHS: &[&str] = &[
+    "/api/transactions",
+    "/api/transactions/42",
+    "/API/Transactions",
+    "/public/x",
+    "/admin",
+    "/api//transactions",
+    "/api/./transactions",
+    "/api/%74ransactions",
+    "/",
+    "/other",
+];
+const METHODS: &[&str] = &["GET", "POST", "PUT"];
+const TOKENS: &[&str] = &["tok-a", "tok-b", "tok-c"];
+const HEADER_NAMES: &[&str] = &[
+    "authorization",
+    "content-type",
+    "x-client-id",
+    "x_client_id",
+    "client-cert",
+    "x-forwarded-client-cert",
+    "x-sub",
+    "cookie",
+];
+
+#[derive(Arbitrary, Debug)]
+enum Auth {
+    Token(u8),
+    Raw(String),
+    None,
+    Twice(u8, u8),
+}
+
+#[derive(Arbitrary, Debug)]
+enum Body {
+    Members(Json),
+    Signed {
+        by: u8,
+        header: Json,
+        claims: Json,
+    },
+    /// A phantom JWT the flow accepts: signed, for this issuer and audience, bound to a cert.
+    Phantom {
+        by: u8,
+        cert: u8,
+        scope: bool,
+    },
+    KeySet,
+    Bytes(Vec<u8>),
+}
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    Request {
+        method: u8,
+        path: u8,
+        raw_path: Option<String>,
+        auth: Auth,
+        cert: Option<u8>,
+        headers: Vec<(u8, String)>,
+    },
+    Answer {
+        which: u8,
+        status: u16,
+        max_age: Option<u8>,
+        body: Body,
+    },
+    Fail(u8),
+    Gone(u8),
+    Chunk {
+        which: u8,
+        data: Vec<u8>,
+        last: bool,
+    },
+    Trailers(u8),
+    Advance(u8),
+}
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    format: u8,
+    ops: Vec<Op>,
+}
+
+fn body_bytes(body: Body) -> Vec<u8> {
+    let k = keys();
+    let signer = |by: u8| if by.is_multiple_of(2) { &k.ed25519 } else { &k.es256 };
+    let header = |by: u8| {
+        let (alg, kid) = if by.is_multiple_of(2) {
+            ("EdDSA", "o1")
+        } else {
+            ("ES256", "e1")
+        };
+        serde_json::json!({"alg": alg, "kid": kid, "typ": "JWT"}).to_string()
+    };
+    match body {
+        Body::Members(json) => {
+            let mut v = json.0;
+            if v.get("active").is_none() {
+                v["active"] = serde_json::json!(true);
+            }
+            v.to_string().into_bytes()
+        }
+        Body::Signed { by, header, claims } => signer(by)
+            .sign(
+                header.0.to_string().as_bytes(),
+                claims.0.to_string().as_bytes(),
+            )
+            .into_bytes(),
+        Body::Phantom { by, cert, scope } => {
+            let claims = serde_json::json!({
+                "iss": certbound_fuzz::ISSUER, "aud": "api.example.com", "iat": NOW - 5,
+                "exp": NOW + 120, "client_id": "partner", "sub": "s",
+                "scope": if scope { "transactions" } else { "read" },
+                "cnf": {"x5t#S256": CERTS[usize::from(cert % 2)].to_x5t()},
+            });
+            signer(by)
+                .sign(header(by).as_bytes(), claims.to_string().as_bytes())
+                .into_bytes()
+        }
+        Body::KeySet => {
+            let jwks: Vec<_> = [k.es256.jwk("e1"), k.ed25519.jwk("o1")].into();
+            serde_json::json!({ "keys": jwks }).to_string().into_bytes()
+        }
+        Body::Bytes(b) => b,
+    }
+}
+
+fuzz_target!(|input: Input| {
+    let config = certbound_fuzz::config_json(input.format);
+    let mut proxy = Proxy::new(&config, NOW);
+    // (context, had a certificate, path)
+    let mut requests: Vec<(u32, bool, String)> = Vec::new();
+    let pick = |requests: &Vec<(u32, bool, String)>, which: u8| {
+        (!requests.is_empty()).then(|| requests[usize::from(which) % requests.len()].0)
+    };
+    for op in input.ops.into_iter().take(64) {
+        match op {
+            Op::Request {
+                method,
+                path,
+                raw_path,
+                auth,
+                cert,
+                headers,
+            } => {
+                let path =
+                    raw_path.unwrap_or_else(|| PATHS[usize::from(path) % PATHS.len()].to_string());
+                let mut h: Vec<(String, String)> = vec![
+                    (
+                        ":method".into(),
+                        METHODS[usize::from(method) % METHODS.len()].into(),
+                    ),
+                    (":path".into(), path.clone()),
+                ];
+                let token = |i: u8| format!("Bearer {}", TOKENS[usize::from(i) % TOKENS.len()]);
+                match auth {
+                    Auth::Token(i) => h.push(("authorization".into(), token(i))),
+                    Auth::Raw(s) => h.push(("authorization".into(), s)),
+                    Auth::None => {}
+                    Auth::Twice(a, b) => {
+                        h.push(("authorization".into(), token(a)));
+                        h.push(("authorization".into(), token(b)));
+                    }
+                }
+                for (name, value) in headers.into_iter().take(8) {
+                    h.push((
+                        HEADER_NAMES[usize::from(name) % HEADER_NAMES.len()].into(),
+                        value,
+                    ));
+                }
+                let refs: Vec<(&str, &str)> =
+                    h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let cert = cert.map(|c| CERTS[usize::from(c % 2)]);
+                let id = proxy.request(&refs, cert);
+                requests.push((id, cert.is_some(), path));
+            }
+            Op::Answer {
+                which,
+                status,
+                max_age,
+                body,
+            } => {
+                if let Some(ctx) = pick(&requests, which) {
+                    let cache = max_age.map(|a| format!("max-age={a}"));
+                    let headers: Vec<(&str, &str)> = cache
+                        .iter()
+                        .map(|c| ("cache-control", c.as_str()))
+                        .collect();
+                    proxy.answer(ctx, status % 600, &headers, &body_bytes(body));
+                }
+            }
+            Op::Fail(which) => {
+                if let Some(ctx) = pick(&requests, which) {
+                    proxy.fail_call(ctx);
+                }
+            }
+            Op::Gone(which) => {
+                if let Some(ctx) = pick(&requests, which) {
+                    proxy.gone(ctx);
+                }
+            }
+            Op::Chunk { which, data, last } => {
+                if let Some(ctx) = pick(&requests, which) {
+                    proxy.body(ctx, &data, last);
+                }
+            }
+            Op::Trailers(which) => {
+                if let Some(ctx) = pick(&requests, which) {
+                    proxy.trailers(ctx);
+                }
+            }
+            Op::Advance(seconds) => proxy.advance(u64::from(seconds)),
+        }
+        for (ctx, had_cert, path) in &requests {
+            // `fate` panics if a request was both forwarded and answered, or answered twice.
+            if let Fate::Forwarded(_) = proxy.fate(*ctx) {
+                assert!(
+                    *had_cert || path.to_ascii_lowercase().starts_with("/public"),
+                    "forwarded without a certificate: {path}"
+                );
+            }
+        }
+    }
+});
