@@ -187,6 +187,7 @@ test: setup certs build check-build validate idsvr-deps envoy-config compose-che
 	cargo build -p $(API_PKG)
 	ENVOY_BIN=$(ENVOY) CERTBOUND_WASM=$(CURDIR)/$(WASM) CERTS_DIR=$(CERTS_DIR) API_BIN=$(API_DEBUG) \
 	  ENVOY_CONFIG_BIN=$(ENVOY_CONFIG_BIN) cargo test --workspace --all-targets --no-fail-fast
+	@$(MAKE) --no-print-directory fuzz-smoke
 
 unit: ## the fast native loop: every unit test of the filter and its configuration, no Envoy (seconds)
 	@$(call require,cargo,$(RUST_HINT))
@@ -195,6 +196,7 @@ unit: ## the fast native loop: every unit test of the filter and its configurati
 lint: setup ## rustfmt check and clippy (native and wasm), warnings are errors
 	@$(call require,cargo,$(RUST_HINT))
 	cargo fmt --all -- --check
+	cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --release --target $(WASM_TARGET) --lib -- -D warnings
 
@@ -225,6 +227,23 @@ logs: ## follow the example system's logs (.run/*.log)
 
 # The benchmark (bench/run.sh, bench/bench.py): one Envoy per scenario on CPU 0, the load on CPU 1;
 # writes bench/results.md and bench/results.svg. Quick run: BENCH_SECONDS=2 BENCH_RUNS=1 make bench.
+# Fuzzing (fuzz/, docs/fuzzing.md): cargo-fuzz from crates.io, on the nightly toolchain.
+FUZZ_SECONDS       ?= 60
+FUZZ_SMOKE_SECONDS ?= 3
+CARGO_FUZZ_VERSION := 0.13.2
+.PHONY: setup-fuzz fuzz fuzz-smoke
+setup-fuzz: ## install cargo-fuzz into .venv (needs the nightly toolchain next to stable)
+	@cargo +nightly --version >/dev/null 2>&1 || { echo "fuzzing needs the nightly toolchain: rustup toolchain install nightly" >&2; exit 1; }
+	@test -x .venv/bin/cargo-fuzz || cargo install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION) --root $(CURDIR)/.venv
+
+fuzz: setup-fuzz certs ## run every fuzz target for FUZZ_SECONDS each (default 60) and print executions per target
+	PATH=$(CURDIR)/.venv/bin:$$PATH fuzz/run.sh $(FUZZ_SECONDS)
+
+fuzz-smoke: ## every fuzz target for FUZZ_SMOKE_SECONDS (3) when nightly is installed, else a note (part of make test)
+	@if cargo +nightly --version >/dev/null 2>&1; then \
+	  $(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(FUZZ_SMOKE_SECONDS); \
+	else echo "fuzz-smoke: skipped, no nightly toolchain (rustup toolchain install nightly)"; fi
+
 .PHONY: bench
 bench: setup certs build envoy-config ## benchmark: passthrough, empty wasm, certbound hit/miss, jwt_authn (writes bench/results.md, .svg)
 	@$(call require,taskset,Install util-linux (Debian: apt-get install util-linux).)

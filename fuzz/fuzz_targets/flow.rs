@@ -97,7 +97,13 @@ struct Input {
 
 fn body_bytes(body: Body) -> Vec<u8> {
     let k = keys();
-    let signer = |by: u8| if by.is_multiple_of(2) { &k.ed25519 } else { &k.es256 };
+    let signer = |by: u8| {
+        if by.is_multiple_of(2) {
+            &k.ed25519
+        } else {
+            &k.es256
+        }
+    };
     let header = |by: u8| {
         let (alg, kid) = if by.is_multiple_of(2) {
             ("EdDSA", "o1")
