@@ -237,7 +237,15 @@ stop() { # service
       alive "$pid" || break
       sleep 0.05
     done
-    alive "$pid" && kill -KILL "$pid" 2>/dev/null
+    # It may exit between the check and the kill: neither is a failure (under set -e, a bare
+    # `alive && kill` was, and left the pid file behind).
+    if alive "$pid"; then
+      kill -KILL "$pid" 2>/dev/null || true
+      for ((i = 0; i < 40; i++)); do
+        alive "$pid" || break
+        sleep 0.05
+      done
+    fi
     say "$s stopped"
   fi
   rm -f "$(pid_file "$s")"

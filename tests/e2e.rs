@@ -263,6 +263,11 @@ fn flow(
         accepted(&before) + 1,
         "{host}: the API did not get a {forwarded} token"
     );
+    // The reference system's client posts `Content-Type: application/json` and no body.
+    let a = partner
+        .call("POST", host, Some(&token), &[], Some(""))
+        .unwrap_or_else(|e| panic!("{host}: POST failed: {e:?}"));
+    assert_eq!(a.status, 201, "{host}: a POST without a body: {a:?}");
 
     // The same token again: the filter answers from its cache, no second introspection.
     let calls = system.envoy_counter(formats, "certbound.introspection_calls");
@@ -393,5 +398,27 @@ fn compose_envoy_config_is_the_rendering_of_envoy_yaml() {
     assert!(
         read("envoy/envoy-compose.yaml") == rendered,
         "envoy/envoy-compose.yaml is not envoy/envoy.yaml rendered for compose: run `make envoy-compose`"
+    );
+}
+
+/// The identity server's own checks (`example/idsvr/test.sh`: the token endpoint over mutual TLS,
+/// wrong DN, self-signed certificates, wrong secret, scope refusal, the three introspection forms,
+/// the signing key kept across restarts), on a port of its own.
+#[test]
+fn identity_server_checks_pass() {
+    let out = Command::new("bash")
+        .arg(repo().join("example/idsvr/test.sh"))
+        .env("CERTS_DIR", common::certs_dir())
+        .output()
+        .expect("run example/idsvr/test.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(" passed, 0 failed"),
+        "example/idsvr/test.sh failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.lines().filter(|l| l.starts_with("ok ")).count() >= 40,
+        "{stdout}"
     );
 }
