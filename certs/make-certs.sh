@@ -5,6 +5,7 @@
 # clients (reqwest, oha) reject v1 certificates.
 #
 # Usage: certs/make-certs.sh [OUT_DIR]   (default: certs/out next to this script)
+# Also makes introspect-client.secret, the introspection client's secret of this installation.
 # Idempotent: if every output file exists, nothing is done. Otherwise everything is regenerated,
 # so the certificates always chain to the keys beside them.
 set -euo pipefail
@@ -31,6 +32,15 @@ outputs=(
 if ! command -v openssl >/dev/null 2>&1; then
   echo "make-certs: openssl not found; install it (Debian: apt-get install openssl)" >&2
   exit 1
+fi
+
+# The introspection client's secret, shared by the identity server and the gateway: made once per
+# installation (never committed), kept when the certificates are remade.
+secret_file="$out_dir/introspect-client.secret"
+if [[ ! -s "$secret_file" ]]; then
+  mkdir -p "$out_dir"
+  (umask 077 && openssl rand -hex 32 >"$secret_file")
+  echo "make-certs: wrote a new introspection client secret to $secret_file"
 fi
 
 missing=0

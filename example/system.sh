@@ -136,6 +136,16 @@ render_envoy() { # source destination
     --port "9901=$ADMIN_PORT" --port "8445=$FORMATS_PORT" --port "9902=$FORMATS_ADMIN_PORT" >"$2"
 }
 
+# This installation's introspection client secret: INTROSPECT_CLIENT_SECRET if set, else the one
+# certs/make-certs.sh made. The identity server and the API read the same.
+introspect_secret() {
+  if [[ -n "${INTROSPECT_CLIENT_SECRET:-}" ]]; then
+    echo "$INTROSPECT_CLIENT_SECRET"
+  else
+    cat "$CERTS_DIR/introspect-client.secret" 2>/dev/null || die "no $CERTS_DIR/introspect-client.secret: run certs/make-certs.sh"
+  fi
+}
+
 launch() { # service
   local s="$1" log
   log="$(log_file "$s")"
@@ -160,7 +170,10 @@ launch() { # service
       [[ "$s" == envoy-formats ]] && src="envoy/envoy-formats.yaml" admin="$FORMATS_ADMIN_PORT"
       render_envoy "$src" "$RUN_DIR/$s.yaml" || die "cannot render $src (the generator said why, above)"
       (
-        exec "$ENVOY_BIN" -c "$RUN_DIR/$s.yaml" --disable-hot-restart --base-id "$admin" \
+        # The filter reads the introspection client's secret from its VM's environment
+        # (vm_config.environment_variables.host_env_keys), which Envoy passes from its own.
+        CERTBOUND_INTROSPECT_SECRET="$(introspect_secret)" \
+          exec "$ENVOY_BIN" -c "$RUN_DIR/$s.yaml" --disable-hot-restart --base-id "$admin" \
           --log-level warn --component-log-level wasm:info
       ) >>"$log" 2>&1 </dev/null &
       ;;

@@ -582,7 +582,17 @@ fn wasmplugin_config_is_accepted_by_certbounds_parser() {
     let manifest = fs::read_to_string(&path).expect("read wasm/wasmplugin.yaml");
     let config = plugin_config(&manifest);
     let raw = serde_json::to_vec(&config).unwrap();
-    if let Err(e) = certbound::config::parse(&raw) {
+    // The secret comes from the VM environment the manifest's vmConfig.env names (HOST).
+    let variable = config["introspection"]["client_secret_env"]
+        .as_str()
+        .expect("the secret comes from the VM environment");
+    let env_line = format!("- name: {variable}");
+    assert!(
+        manifest.contains(&env_line) && manifest.contains("valueFrom: HOST"),
+        "vmConfig.env does not pass {variable}"
+    );
+    let env = |name: &str| (name == variable).then(|| "from-the-gateway".to_string());
+    if let Err(e) = certbound::config::parse_with_env(&raw, &env) {
         panic!("certbound rejects the pluginConfig of wasm/wasmplugin.yaml: {e:?}");
     }
     // The dispatched calls go through the cluster Istio makes for the identity server's ServiceEntry.

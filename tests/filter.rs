@@ -1245,6 +1245,40 @@ fn bad_config_is_refused(tweak: impl FnOnce(&mut Value), field: &str) {
 }
 
 #[test]
+fn the_client_secret_can_come_from_the_vm_environment() {
+    let f = Fixture::with_opts(
+        Format::Json,
+        |c| {
+            let i = c["introspection"].as_object_mut().unwrap();
+            i.remove("client_secret");
+            i.insert(
+                "client_secret_env".into(),
+                json!("CERTBOUND_INTROSPECT_SECRET"),
+            );
+        },
+        |o| o.vm_env = vec![("CERTBOUND_INTROSPECT_SECRET".into(), CLIENT_SECRET.into())],
+    );
+    let token = f.bound_token(CLIENT, SCOPES);
+    let reply = f.get(CLIENT, "/api/transactions", Some(&token));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    // The identity server checks the credentials: the secret reached it from the environment.
+    assert_eq!(f.idp.calls(), 1);
+    f.assert_log_has_none_of(&[&token, CLIENT_SECRET]);
+}
+
+#[test]
+fn a_client_secret_variable_the_vm_does_not_have_is_refused() {
+    bad_config_is_refused(
+        |c| {
+            let i = c["introspection"].as_object_mut().unwrap();
+            i.remove("client_secret");
+            i.insert("client_secret_env".into(), json!("CERTBOUND_UNSET_SECRET"));
+        },
+        "client_secret_env",
+    );
+}
+
+#[test]
 fn unknown_config_field_is_refused() {
     bad_config_is_refused(|c| c["bogus"] = json!(1), "bogus");
 }

@@ -4,7 +4,7 @@
 
 mod parse;
 
-pub use parse::{parse, ConfigError};
+pub use parse::{parse, parse_with_env, ConfigError};
 use std::rc::Rc;
 
 /// How the identity server answers an introspection request, with what that answer needs.

@@ -36,6 +36,7 @@ struct RawIntrospection {
     path: Option<String>,
     client_id: Option<String>,
     client_secret: Option<String>,
+    client_secret_env: Option<String>,
     timeout_ms: Option<u64>,
     max_body_bytes: Option<usize>,
     audiences: Option<Vec<String>>,
@@ -113,14 +114,20 @@ fn err<T>(field: &str, why: &str) -> Result<T> {
     Err(ConfigError(format!("{field}: {why}")))
 }
 
-/// Parses and validates the plugin configuration.
+/// Parses and validates the plugin configuration; `client_secret_env` is read from the process's
+/// (the wasm VM's) environment.
 pub fn parse(raw: &[u8]) -> Result<Config> {
+    parse_with_env(raw, &|name| std::env::var(name).ok())
+}
+
+/// `parse`, with `env` in place of the process's environment.
+pub fn parse_with_env(raw: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
     let c: RawConfig = serde_json::from_slice(raw)
         .map_err(|e| ConfigError(format!("configuration: {}", without_values(&e))))?;
     let Some(i) = section::<RawIntrospection>(c.introspection, "introspection")? else {
         return err("introspection", "is required");
     };
-    let introspection = introspection(i, c.jwt)?;
+    let introspection = introspection(i, c.jwt, env)?;
     let fingerprint = fingerprint(raw, &introspection.client_secret);
     Ok(Config {
         realm: realm(c.realm)?,
@@ -180,8 +187,49 @@ fn max_token_length(value: Option<usize>) -> Result<usize> {
     }
 }
 
+/// The introspection client's secret: written in the configuration, or (better: the plugin
+/// configuration is readable by whoever can read the proxy's configuration) the value of the VM's
+/// environment variable `client_secret_env` names (Envoy `vm_config.environment_variables`, Istio
+/// `vmConfig.env`), read once, at configuration.
+fn client_secret(
+    inline: Option<String>,
+    variable: Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String> {
+    const FIELD: &str = "introspection.client_secret_env";
+    match (inline, variable) {
+        (Some(_), Some(_)) => err(FIELD, "replaces client_secret: set one of them"),
+        (Some(secret), None) => required(Some(secret), "introspection.client_secret"),
+        (None, Some(name)) => {
+            let valid = name
+                .bytes()
+                .enumerate()
+                .all(|(i, b)| b == b'_' || b.is_ascii_uppercase() || (i > 0 && b.is_ascii_digit()));
+            if name.is_empty() || !valid {
+                return err(FIELD, "must be an environment variable name (A-Z, 0-9, _)");
+            }
+            match env(&name) {
+                Some(secret) if !secret.trim().is_empty() => Ok(secret),
+                _ => err(
+                    FIELD,
+                    "names a variable the VM does not have or that is empty (Envoy: \
+                     vm_config.environment_variables; Istio: vmConfig.env)",
+                ),
+            }
+        }
+        (None, None) => err(
+            "introspection.client_secret",
+            "is required (or client_secret_env)",
+        ),
+    }
+}
+
 /// `introspection`, and with a JWT format the `jwt` section it needs.
-fn introspection(i: RawIntrospection, jwt: Option<Value>) -> Result<Introspection> {
+fn introspection(
+    i: RawIntrospection,
+    jwt: Option<Value>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Introspection> {
     let client_id = required(i.client_id, "introspection.client_id")?;
     let format = match (i.format.as_deref(), jwt) {
         (None, _) => return err("introspection.format", "is required"),
@@ -209,7 +257,7 @@ fn introspection(i: RawIntrospection, jwt: Option<Value>) -> Result<Introspectio
             path: path(i.path, "introspection.path")?,
         },
         client_id,
-        client_secret: required(i.client_secret, "introspection.client_secret")?,
+        client_secret: client_secret(i.client_secret, i.client_secret_env, env)?,
         timeout_ms: bounded(i.timeout_ms, 2000, 60_000, "introspection.timeout_ms")?,
         max_body_bytes: body_limit(i.max_body_bytes, "introspection.max_body_bytes")?,
         audiences: match i.audiences {

@@ -20,7 +20,16 @@ const CERTS_DIR = env.CERTS_DIR ? resolve(env.CERTS_DIR) : resolve(here, '../../
 const ISSUER = env.IDSVR_ISSUER || 'https://login.example.com:8443/oauth/v2/oauth-anonymous';
 const STATE_DIR = env.IDSVR_STATE_DIR ? resolve(env.IDSVR_STATE_DIR) : resolve(here, 'state');
 const ACCESS_TOKEN_TTL = Number(env.IDSVR_ACCESS_TOKEN_TTL || 900);
-const INTROSPECT_CLIENT_SECRET = env.INTROSPECT_CLIENT_SECRET || 'change-me-introspect-secret';
+// The introspection client's secret: this installation's (certs/make-certs.sh makes it), never a
+// default everyone knows.
+const INTROSPECT_CLIENT_SECRET = env.INTROSPECT_CLIENT_SECRET
+  || (() => {
+    try { return readFileSync(resolve(CERTS_DIR, 'introspect-client.secret'), 'utf8').trim(); } catch { return ''; }
+  })();
+if (!INTROSPECT_CLIENT_SECRET) {
+  console.error('idsvr: no introspection client secret: set INTROSPECT_CLIENT_SECRET or run certs/make-certs.sh');
+  process.exit(1);
+}
 const PHANTOM_AUDIENCE = env.IDSVR_PHANTOM_AUDIENCE || 'api.example.com';
 
 // The provider is mounted at /oauth/v2: its routes below are relative to that, so the token and

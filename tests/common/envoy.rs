@@ -29,6 +29,8 @@ pub struct EnvoyOpts {
     pub concurrency: u32,
     /// Serve the listener from a file (LDS) so `Envoy::reconfigure` can replace it while running.
     pub listener_from_file: bool,
+    /// The wasm VM's environment (`vm_config.environment_variables.key_values`).
+    pub vm_env: Vec<(String, String)>,
 }
 
 /// Where Envoy downloads the module: `http://127.0.0.1:<port>/certbound.wasm` through a cluster
@@ -50,6 +52,7 @@ impl EnvoyOpts {
             remote: None,
             concurrency: 1,
             listener_from_file: false,
+            vm_env: Vec::new(),
         }
     }
 
@@ -323,10 +326,11 @@ fn module_code(opts: &EnvoyOpts) -> Value {
     }
 }
 
-/// The bootstrap, from the one generator of Envoy configurations (tools/envoy-config): one
-/// mutual-TLS listener, the filter, the clusters.
 /// Where a `listener_from_file` Envoy reads its listener.
 const LISTENER_FILE: &str = "listeners.json";
+
+/// The bootstrap, from the one generator of Envoy configurations (tools/envoy-config): one
+/// mutual-TLS listener, the filter, the clusters.
 
 fn bootstrap(opts: &EnvoyOpts, listener_port: u16, admin_port: u16, dir: &Path) -> Value {
     let mut clusters = vec![
@@ -365,7 +369,21 @@ fn listener(opts: &EnvoyOpts, listener_port: u16) -> Value {
     let http_filters = opts
         .filter
         .iter()
-        .map(|f| envoy_config::wasm_filter("certbound", module_code(opts), Some(f)))
+        .map(|f| {
+            let filter = envoy_config::wasm_filter("certbound", module_code(opts), Some(f));
+            if opts.vm_env.is_empty() {
+                return filter;
+            }
+            let key_values: serde_json::Map<String, Value> = opts
+                .vm_env
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+                .collect();
+            envoy_config::with_vm_environment(
+                filter,
+                serde_json::json!({ "key_values": key_values }),
+            )
+        })
         .collect();
     let tls = envoy_config::downstream_tls(&certs_dir(), opts.require_client_certificate);
     envoy_config::api_listener(

@@ -112,7 +112,7 @@ fn every_bad_configuration_names_its_field() {
                     .unwrap()
                     .remove("client_secret");
             },
-            "introspection.client_secret: is required",
+            "introspection.client_secret: is required (or client_secret_env)",
         ),
         (
             "json",
@@ -434,4 +434,51 @@ fn fingerprint_changes_with_the_configuration() {
     let mut v = minimal("json");
     v["realm"] = json!("other");
     assert_ne!(a, parse_value(&v).unwrap().fingerprint);
+}
+
+#[test]
+fn the_secret_may_come_from_a_vm_environment_variable() {
+    let env = |name: &str| match name {
+        "CERTBOUND_SECRET" => Some("from-the-environment".to_string()),
+        "EMPTY" => Some("  ".to_string()),
+        _ => None,
+    };
+    let with = |variable: Value| {
+        let mut v = minimal("json");
+        let i = v["introspection"].as_object_mut().unwrap();
+        i.remove("client_secret");
+        i.insert("client_secret_env".into(), variable);
+        parse_with_env(v.to_string().as_bytes(), &env)
+    };
+    let c = with(json!("CERTBOUND_SECRET")).unwrap();
+    assert_eq!(c.introspection.client_secret, "from-the-environment");
+    for (variable, expected) in [
+        (json!("UNSET"), "names a variable the VM does not have"),
+        (
+            json!("EMPTY"),
+            "names a variable the VM does not have or that is empty",
+        ),
+        (json!("lower"), "must be an environment variable name"),
+        (json!("1ST"), "must be an environment variable name"),
+        (json!(""), "must be an environment variable name"),
+    ] {
+        let e = with(variable.clone()).unwrap_err().0;
+        assert!(
+            e.starts_with("introspection.client_secret_env: ") && e.contains(expected),
+            "{variable}: {e}"
+        );
+    }
+    // Both at once is a mistake, not a choice.
+    let mut v = minimal("json");
+    v["introspection"]["client_secret_env"] = json!("CERTBOUND_SECRET");
+    let e = parse_with_env(v.to_string().as_bytes(), &env)
+        .unwrap_err()
+        .0;
+    assert!(e.contains("replaces client_secret"), "{e}");
+    // The secret from the environment keys the seal but not the fingerprint, like an inline one.
+    let inline = parse_value(&minimal("json")).unwrap();
+    assert_ne!(
+        c.fingerprint, inline.fingerprint,
+        "the configurations differ"
+    );
 }

@@ -32,7 +32,7 @@ const HELP: &str = "certbound example API. Environment:
   API_INTROSPECTION_URL (unset)                   if set, opaque tokens are introspected there, and
                                                   RFC 9701 responses addressed to the client below accepted
   API_INTROSPECTION_CLIENT_ID (introspect-client)
-  API_INTROSPECTION_CLIENT_SECRET ($INTROSPECT_CLIENT_SECRET or change-me-introspect-secret)
+  API_INTROSPECTION_CLIENT_SECRET ($INTROSPECT_CLIENT_SECRET, else introspect-client.secret beside API_CA_FILE)
   API_CLOCK_SKEW_SECONDS (60), API_JWKS_STARTUP_SECONDS (30), API_THREADS (4)";
 
 const MAX_REQUEST_BODY: u64 = 64 * 1024;
@@ -81,7 +81,14 @@ impl Config {
         };
         let introspection_url = env_opt("API_INTROSPECTION_URL");
         let introspection_client_id = env_or("API_INTROSPECTION_CLIENT_ID", "introspect-client");
-        let secret_default = env_or("INTROSPECT_CLIENT_SECRET", "change-me-introspect-secret");
+        // This installation's secret (certs/make-certs.sh writes it beside the certificates).
+        let secret_default = env_opt("INTROSPECT_CLIENT_SECRET").unwrap_or_else(|| {
+            let ca = env_or("API_CA_FILE", "certs/out/root.pem");
+            let file = std::path::Path::new(&ca).with_file_name("introspect-client.secret");
+            std::fs::read_to_string(file)
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        });
         Ok(Config {
             listen: format!("{host}:{port}"),
             admin_listen: admin_port.map(|p| format!("127.0.0.1:{p}")),

@@ -68,6 +68,14 @@ pub fn wasm_filter(name: &str, code: Value, configuration: Option<&Value>) -> Va
     })
 }
 
+/// `filter` (a `wasm_filter`) with the VM environment `environment_variables` (Envoy's
+/// `EnvironmentVariables`: `host_env_keys` passed from Envoy's own environment, `key_values` set
+/// here). The filter reads `introspection.client_secret_env` from it.
+pub fn with_vm_environment(mut filter: Value, environment_variables: Value) -> Value {
+    filter["typed_config"]["config"]["vm_config"]["environment_variables"] = environment_variables;
+    filter
+}
+
 pub fn router() -> Value {
     json!({
         "name": "envoy.filters.http.router",
