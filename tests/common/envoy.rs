@@ -331,7 +331,6 @@ const LISTENER_FILE: &str = "listeners.json";
 
 /// The bootstrap, from the one generator of Envoy configurations (tools/envoy-config): one
 /// mutual-TLS listener, the filter, the clusters.
-
 fn bootstrap(opts: &EnvoyOpts, listener_port: u16, admin_port: u16, dir: &Path) -> Value {
     let mut clusters = vec![
         envoy_config::static_cluster("introspection", opts.introspection_port),
