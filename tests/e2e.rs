@@ -171,6 +171,9 @@ fn example_system_end_to_end() {
         "a token for scope other on POST /api/transactions",
     );
 
+    // 5b. What the front proxy refuses before certbound sees it (envoy/envoy.yaml's hardening).
+    front_proxy_hardening(&system, &partner);
+
     // 6. Self-signed partners on their own host name.
     self_signed(&system, &partner, ports);
 
@@ -460,4 +463,51 @@ fn no_committed_file_holds_the_introspection_secret() {
         !files.iter().any(|f| f.ends_with(".secret")),
         "a .secret file is committed"
     );
+}
+
+/// envoy/envoy.yaml's hardening, through the front proxy: a header name with an underscore is
+/// refused (CGI and WSGI stacks read `x_certbound_client_id` as `x-certbound-client-id`), and TLS 1.2
+/// without ECDHE is refused while ECDHE with AEAD is accepted.
+fn front_proxy_hardening(system: &System, partner: &Partner) {
+    let token = partner.token("partner-client", "transactions");
+    let a = without_reaching_the_api(system, "a header name with an underscore", || {
+        partner.call(
+            "GET",
+            API,
+            Some(&token),
+            &[("x_certbound_client_id", "partner-client")],
+            None,
+        )
+    })
+    .expect("GET");
+    assert_eq!(a.status, 400, "a header name with an underscore: {a:?}");
+
+    let certs = common::certs_dir();
+    let handshake = |cipher: &str| {
+        Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &format!("127.0.0.1:{}", system.ports.front),
+            ])
+            .args(["-servername", API, "-tls1_2", "-cipher", cipher])
+            .arg("-cert")
+            .arg(certs.join("example.client.pem"))
+            .arg("-key")
+            .arg(certs.join("example.client.key"))
+            .arg("-CAfile")
+            .arg(certs.join("root.pem"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl s_client")
+            .status
+            .success()
+    };
+    assert!(
+        handshake("ECDHE-RSA-AES128-GCM-SHA256"),
+        "TLS 1.2 with ECDHE and AES-GCM is refused"
+    );
+    for weak in ["AES128-GCM-SHA256", "ECDHE-RSA-AES128-SHA", "AES256-SHA256"] {
+        assert!(!handshake(weak), "TLS 1.2 with {weak} is accepted");
+    }
 }

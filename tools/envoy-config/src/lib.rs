@@ -181,11 +181,16 @@ pub const DEFAULT_PORTS: [(&str, u16); 6] = [
 /// The services of docker-compose.yml, by the port they listen on.
 const COMPOSE_SERVICES: [(u16, &str); 2] = [(8080, "api"), (8444, "idsvr")];
 
+/// The admin interfaces: on the container's loopback only, in compose as everywhere (whoever
+/// reaches Envoy's admin interface can reconfigure or stop it).
+const COMPOSE_LOOPBACK: [u16; 2] = [9901, 9902];
+
 const COMPOSE_HEADER: &str = "\
 # GENERATED from envoy/envoy.yaml by `envoy-config front-proxy envoy/envoy.yaml --compose`
 # (tools/envoy-config): do not edit, change envoy.yaml and render again (`make envoy-compose`).
-# For docker-compose.yml: the same front proxy, with the containers' addresses. The listener and the
-# admin interface bind 0.0.0.0 (published on the host's 127.0.0.1 by compose); the clusters name the
+# For docker-compose.yml: the same front proxy, with the containers' addresses. The listener binds
+# 0.0.0.0 (published on the host's 127.0.0.1 by compose), the admin interface the container's
+# loopback only (docker-compose exec envoy ... to reach it); the clusters name the
 # services (api, idsvr) and resolve them with Docker's DNS (STRICT_DNS). Relative paths resolve
 # against Envoy's working directory, /certbound in the container (compose mounts certs/out and the
 # wasm there at the same relative paths), or the repository root for `make validate`.
@@ -236,6 +241,7 @@ fn render_line(line: &str, target: &Target) -> Option<String> {
                 let to = map.iter().find(|(from, _)| *from == port)?.1;
                 ("127.0.0.1", to)
             }
+            Target::Compose if COMPOSE_LOOPBACK.contains(&port) => ("127.0.0.1", port),
             Target::Compose => {
                 let service = COMPOSE_SERVICES.iter().find(|(p, _)| *p == port);
                 (service.map_or("0.0.0.0", |(_, s)| *s), port)
@@ -276,11 +282,15 @@ mod tests {
     }
 
     #[test]
-    fn compose_binds_everywhere_and_names_the_services() {
+    fn compose_binds_everywhere_but_admin_and_names_the_services() {
         let out = front_proxy(SOURCE, &Target::Compose).unwrap();
         assert!(out.starts_with("# GENERATED from envoy/envoy.yaml"));
         assert!(!out.contains("# header"));
-        assert!(out.contains("{ address: 0.0.0.0, port_value: 9901 }"));
+        assert!(
+            out.contains("{ address: 127.0.0.1, port_value: 9901 }"),
+            "admin: loopback"
+        );
+        assert!(out.contains("{ address: 0.0.0.0, port_value: 8081 }"));
         assert!(out.contains("{ address: api, port_value: 8080 } # the API"));
         assert!(out.contains("      type: STRICT_DNS\n      dns_lookup_family: V4_ONLY\n"));
         assert!(front_proxy("admin: {}\n", &Target::Compose).is_err());
