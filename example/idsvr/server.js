@@ -8,7 +8,7 @@ import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { exportJWK, generateKeyPair, importJWK, calculateJwkThumbprint, SignJWT } from 'jose';
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const env = process.env;
@@ -31,6 +31,8 @@ if (!INTROSPECT_CLIENT_SECRET) {
   process.exit(1);
 }
 const PHANTOM_AUDIENCE = env.IDSVR_PHANTOM_AUDIENCE || 'api.example.com';
+// The API's resource indicator (RFC 8707), the resource every token is issued for.
+const API_RESOURCE = env.IDSVR_API_RESOURCE || 'https://api.example.com';
 
 // The provider is mounted at /oauth/v2: its routes below are relative to that, so the token and
 // introspection endpoints sit beside the issuer path, and the JWKS under it.
@@ -183,6 +185,22 @@ const provider = new Provider(ISSUER, {
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
+    // RFC 8707: every access token is issued for the API (its resource indicator, by default), so
+    // it carries aud = the API's audience and is refused by any other resource server.
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: () => API_RESOURCE,
+      useGrantedResource: () => true,
+      getResourceServerInfo: (ctx, resource) => {
+        if (resource !== API_RESOURCE) throw new errors.InvalidTarget();
+        return {
+          scope: 'transactions other',
+          audience: PHANTOM_AUDIENCE,
+          accessTokenFormat: 'opaque',
+          accessTokenTTL: ACCESS_TOKEN_TTL,
+        };
+      },
+    },
     introspection: {
       enabled: true,
       // Only the resource-server client may introspect.

@@ -97,6 +97,8 @@ check "introspection JSON: cnf.x5t#S256 = thumbprint of example.client.pem" eq "
 check "introspection JSON: scope" eq "$(json .scope <<<"$body")" transactions
 check "introspection JSON: client_id" eq "$(json .client_id <<<"$body")" partner-client
 check "introspection JSON: iss" eq "$(json .iss <<<"$body")" "$ISSUER"
+# RFC 8707: issued for the API's resource indicator, so its aud is the API's.
+check "introspection JSON: aud is the API" eq "$(json .aud <<<"$body")" api.example.com
 check "introspection JSON: exp present" test -n "$(json .exp <<<"$body" | grep -E '^[0-9]+$')"
 
 # 3. RFC 9701 signed introspection response.

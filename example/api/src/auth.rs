@@ -188,6 +188,8 @@ struct Introspection {
     scope: Option<String>,
     exp: Option<u64>,
     iss: Option<String>,
+    /// A string or an array of strings (RFC 7662 section 2.2).
+    aud: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -303,6 +305,17 @@ fn introspected(
     }
     if info.iss.as_deref().is_some_and(|iss| iss != policy.issuer) {
         return Err(invalid("introspected token from another issuer"));
+    }
+    // Issued for this API (RFC 8707 resource indicators): a token for another API is refused here.
+    let for_this_api = match &info.aud {
+        Some(serde_json::Value::String(aud)) => *aud == policy.audience,
+        Some(serde_json::Value::Array(auds)) => {
+            auds.iter().any(|a| a.as_str() == Some(&policy.audience))
+        }
+        _ => false,
+    };
+    if !for_this_api {
+        return Err(invalid("introspected token not issued for this API (aud)"));
     }
     let client_id = info
         .client_id
@@ -481,7 +494,7 @@ mod tests {
     fn introspection_jwt(active: bool, exp: u64) -> String {
         let mut c = claims(json!({ "token_introspection": {
             "active": active, "client_id": "partner-client", "scope": "transactions",
-            "exp": exp, "iss": ISSUER, "cnf": { "x5t#S256": "abc" } } }));
+            "exp": exp, "iss": ISSUER, "aud": AUDIENCE, "cnf": { "x5t#S256": "abc" } } }));
         c.expires_at = None; // RFC 9701 responses carry no top-level exp
         sign(c.with_audience(GATEWAY), "token-introspection+jwt")
     }
@@ -535,7 +548,7 @@ mod tests {
 
     #[test]
     fn introspection_answers_for_opaque_tokens() {
-        let ok = json!({ "active": true, "client_id": "partner-client", "scope": "transactions", "exp": NOW + 5, "iss": ISSUER });
+        let ok = json!({ "active": true, "client_id": "partner-client", "scope": "transactions", "exp": NOW + 5, "iss": ISSUER, "aud": AUDIENCE });
         let p = principal_from_introspection(&ok.to_string(), &policy(), NOW).unwrap();
         assert_eq!(
             (p.client_id.as_str(), p.kind),
@@ -557,6 +570,24 @@ mod tests {
             NOW,
         ));
         reason(principal_from_introspection("<html>", &policy(), NOW));
+        // Only a token issued for this API.
+        for aud in [
+            json!("other-api"),
+            json!(["other-api"]),
+            json!(null),
+            json!(5),
+        ] {
+            let mut t = ok.clone();
+            t["aud"] = aud.clone();
+            assert_eq!(
+                reason(principal_from_introspection(&t.to_string(), &policy(), NOW)),
+                "introspected token not issued for this API (aud)",
+                "{aud}"
+            );
+        }
+        let mut listed = ok.clone();
+        listed["aud"] = json!(["other-api", AUDIENCE]);
+        assert!(principal_from_introspection(&listed.to_string(), &policy(), NOW).is_ok());
     }
 
     #[test]
