@@ -24,6 +24,7 @@ outputs=(
   example.tls.pem example.tls.key
   example.client.pem example.client.key example.client.p12
   example.client2.pem example.client2.key
+  example.gateway.pem example.gateway.key
   example.selfsigned.pem example.selfsigned.key
   untrusted-ca.pem untrusted-ca.key
   untrusted.client.pem untrusted.client.key
@@ -149,6 +150,10 @@ issue example.client "/O=Partner One/CN=partner-client" "$LEAF_DAYS" client \
   "DNS:partner-client" intermediate
 issue example.client2 "/O=Partner Two/CN=partner-client-2" "$LEAF_DAYS" client \
   "DNS:partner-client-2" intermediate
+# The gateway's own certificate: Envoy presents it to the identity server, which authenticates
+# certbound's introspection client by it (tls_client_auth).
+issue example.gateway "/O=Example Bank/CN=certbound-gateway" "$LEAF_DAYS" client \
+  "DNS:certbound-gateway" intermediate
 self_signed example.selfsigned "/O=Partner Self/CN=partner-selfsigned" "$LEAF_DAYS" selfsigned-client \
   "DNS:partner-selfsigned"
 
@@ -162,7 +167,8 @@ openssl pkcs12 -export -in "$work/example.client.pem" -inkey "$work/example.clie
   -passout "pass:$P12_PASSWORD" -out "$work/example.client.p12"
 
 # Check the chains before anything is put in place.
-openssl verify -CAfile "$work/trust.pem" "$work/example.client.pem" "$work/example.client2.pem" >/dev/null
+openssl verify -CAfile "$work/trust.pem" "$work/example.client.pem" "$work/example.client2.pem" \
+  "$work/example.gateway.pem" >/dev/null
 openssl verify -CAfile "$work/root.pem" "$work/intermediate.pem" "$work/example.tls.pem" >/dev/null
 openssl verify -CAfile "$work/untrusted-ca.pem" "$work/untrusted.client.pem" >/dev/null
 if openssl verify -CAfile "$work/trust.pem" "$work/untrusted.client.pem" >/dev/null 2>&1; then

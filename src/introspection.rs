@@ -3,21 +3,17 @@
 
 use crate::binding::Thumbprint;
 use crate::cache::{positive_expiry, ActiveToken, Binding, Entry, TokenKey, TokenState};
-use crate::config::{Config, Format, Introspection, JwtRules};
+use crate::config::{ClientAuth, Config, Format, Introspection, JwtRules};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::{Map, Value};
 use std::rc::Rc;
 
-/// Headers and body of the introspection request (RFC 7662 section 2.1, `client_secret_basic`).
+/// Headers and body of the introspection request (RFC 7662 section 2.1): with
+/// `client_secret_basic` the client's credentials in `Authorization`; with `tls_client_auth` its
+/// `client_id` in the body (the proxy's TLS connection carries the certificate, RFC 8705 2.1).
 pub fn request(cfg: &Introspection, token: &str) -> (Vec<(&'static str, String)>, Vec<u8>) {
-    // RFC 6749 section 2.3.1: id and secret are form-urlencoded before the Basic encoding.
-    let credentials = format!(
-        "{}:{}",
-        form_urlencode(&cfg.client_id),
-        form_urlencode(&cfg.client_secret)
-    );
-    let headers = vec![
+    let mut headers = vec![
         (":method", "POST".to_string()),
         (":path", cfg.endpoint.path.clone()),
         (":authority", cfg.endpoint.authority.clone()),
@@ -26,15 +22,29 @@ pub fn request(cfg: &Introspection, token: &str) -> (Vec<(&'static str, String)>
             "application/x-www-form-urlencoded".to_string(),
         ),
         ("accept", cfg.format.accept().to_string()),
-        (
-            "authorization",
-            format!("Basic {}", STANDARD.encode(credentials)),
-        ),
     ];
-    let body = format!(
+    let mut body = format!(
         "token={}&token_type_hint=access_token",
         form_urlencode(token)
     );
+    match cfg.client_auth {
+        ClientAuth::ClientSecretBasic => {
+            // RFC 6749 section 2.3.1: id and secret are form-urlencoded before the Basic encoding.
+            let credentials = format!(
+                "{}:{}",
+                form_urlencode(&cfg.client_id),
+                form_urlencode(&cfg.client_secret)
+            );
+            headers.push((
+                "authorization",
+                format!("Basic {}", STANDARD.encode(credentials)),
+            ));
+        }
+        ClientAuth::TlsClientAuth => {
+            body.push_str("&client_id=");
+            body.push_str(&form_urlencode(&cfg.client_id));
+        }
+    }
     (headers, body.into_bytes())
 }
 
@@ -356,6 +366,23 @@ mod tests {
             Some("Basic aW50cm9zcGVjdC1jbGllbnQ6cCU0MHNzK3dvcmQlM0Ex")
         );
         assert_eq!(body, b"token=abc%2B%2F%3D&token_type_hint=access_token");
+    }
+
+    #[test]
+    fn with_tls_client_auth_the_request_names_the_client_and_carries_no_secret() {
+        let mut cfg = config("json").introspection;
+        cfg.client_auth = ClientAuth::TlsClientAuth;
+        cfg.client_id = "certbound gateway".into();
+        cfg.client_secret = String::new();
+        let (headers, body) = request(&cfg, "abc");
+        assert!(
+            headers.iter().all(|(k, _)| *k != "authorization"),
+            "{headers:?}"
+        );
+        assert_eq!(
+            body,
+            b"token=abc&token_type_hint=access_token&client_id=certbound+gateway"
+        );
     }
 
     #[test]

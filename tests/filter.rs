@@ -1267,6 +1267,26 @@ fn the_client_secret_can_come_from_the_vm_environment() {
 }
 
 #[test]
+fn with_tls_client_auth_the_introspection_names_the_client_and_sends_no_secret() {
+    let f = Fixture::with(Format::Json, |c| {
+        let i = c["introspection"].as_object_mut().unwrap();
+        i.remove("client_secret");
+        i.insert("client_auth".into(), json!("tls_client_auth"));
+    });
+    f.idp.expect_tls_client_auth(CLIENT_ID);
+    let token = f.bound_token(CLIENT, SCOPES);
+    let reply = f.get(CLIENT, "/api/transactions", Some(&token));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let calls = f.idp.requests();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].request.header("authorization"), None);
+    assert_eq!(
+        common::http::form_field(&calls[0].request.body, "client_id").as_deref(),
+        Some(CLIENT_ID)
+    );
+}
+
+#[test]
 fn a_client_secret_variable_the_vm_does_not_have_is_refused() {
     bad_config_is_refused(
         |c| {

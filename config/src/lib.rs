@@ -81,11 +81,23 @@ pub struct Endpoint {
     pub path: String,
 }
 
+/// How the introspecting client authenticates to the identity server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `Authorization: Basic` with `client_id` and `client_secret` (RFC 6749 section 2.3.1).
+    ClientSecretBasic,
+    /// RFC 8705 `tls_client_auth`: the proxy's TLS connection to the identity server presents the
+    /// gateway's certificate (configured on the cluster); the request names `client_id` only.
+    TlsClientAuth,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Introspection {
     pub format: Format,
     pub endpoint: Endpoint,
     pub client_id: String,
+    pub client_auth: ClientAuth,
+    /// Empty with `tls_client_auth`.
     pub client_secret: String,
     pub timeout_ms: u64,
     pub max_body_bytes: usize,

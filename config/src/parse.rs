@@ -35,6 +35,7 @@ struct RawIntrospection {
     authority: Option<String>,
     path: Option<String>,
     client_id: Option<String>,
+    client_auth: Option<String>,
     client_secret: Option<String>,
     client_secret_env: Option<String>,
     timeout_ms: Option<u64>,
@@ -149,7 +150,12 @@ fn fingerprint(raw: &[u8], secret: &str) -> String {
     let mut h = Sha256::new();
     let secret = secret.as_bytes();
     let mut rest = raw;
-    while let Some(at) = rest.windows(secret.len()).position(|w| w == secret) {
+    // No secret (tls_client_auth, or one from the environment) leaves nothing to cut; `windows(0)`
+    // would panic.
+    while let Some(at) = (!secret.is_empty())
+        .then(|| rest.windows(secret.len()).position(|w| w == secret))
+        .flatten()
+    {
         h.update(&rest[..at]);
         h.update(b"\0secret\0");
         rest = &rest[at + secret.len()..];
@@ -231,6 +237,16 @@ fn introspection(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Introspection> {
     let client_id = required(i.client_id, "introspection.client_id")?;
+    let client_auth = match i.client_auth.as_deref() {
+        None | Some("client_secret_basic") => ClientAuth::ClientSecretBasic,
+        Some("tls_client_auth") => ClientAuth::TlsClientAuth,
+        Some(_) => {
+            return err(
+                "introspection.client_auth",
+                "must be client_secret_basic or tls_client_auth",
+            )
+        }
+    };
     let format = match (i.format.as_deref(), jwt) {
         (None, _) => return err("introspection.format", "is required"),
         (Some("json"), None) => Format::Json,
@@ -257,7 +273,17 @@ fn introspection(
             path: path(i.path, "introspection.path")?,
         },
         client_id,
-        client_secret: client_secret(i.client_secret, i.client_secret_env, env)?,
+        client_auth,
+        client_secret: match client_auth {
+            ClientAuth::ClientSecretBasic => client_secret(i.client_secret, i.client_secret_env, env)?,
+            ClientAuth::TlsClientAuth if i.client_secret.is_some() || i.client_secret_env.is_some() => {
+                return err(
+                    "introspection.client_secret",
+                    "is not used with client_auth tls_client_auth (the cluster's TLS certificate authenticates)",
+                )
+            }
+            ClientAuth::TlsClientAuth => String::new(),
+        },
         timeout_ms: bounded(i.timeout_ms, 2000, 60_000, "introspection.timeout_ms")?,
         max_body_bytes: body_limit(i.max_body_bytes, "introspection.max_body_bytes")?,
         audiences: match i.audiences {

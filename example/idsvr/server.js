@@ -147,6 +147,18 @@ const clients = [
     id_token_signed_response_alg: 'PS256',
   },
   {
+    // certbound in the gateway: authenticated by the gateway's certificate (RFC 8705
+    // tls_client_auth), which Envoy presents on its TLS connection to this server; no secret.
+    client_id: 'certbound-gateway',
+    token_endpoint_auth_method: 'tls_client_auth',
+    tls_client_auth_subject_dn: 'CN=certbound-gateway,O=Example Bank',
+    grant_types: [],
+    response_types: [],
+    redirect_uris: [],
+    id_token_signed_response_alg: 'PS256',
+    introspection_signed_response_alg: 'PS256',
+  },
+  {
     client_id: 'introspect-client',
     client_secret: INTROSPECT_CLIENT_SECRET,
     token_endpoint_auth_method: 'client_secret_basic',
@@ -157,7 +169,7 @@ const clients = [
     introspection_signed_response_alg: 'PS256',
   },
 ];
-const INTROSPECTORS = new Set(['introspect-client']);
+const INTROSPECTORS = new Set(['introspect-client', 'certbound-gateway']);
 
 const provider = new Provider(ISSUER, {
   clients,

@@ -7,6 +7,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CERTS_DIR="$(cd "${CERTS_DIR:-$HERE/../../certs/out}" 2>/dev/null && pwd)" || {
   echo "certificates not found: set CERTS_DIR or run certs/make-certs.sh" >&2; exit 2; }
 for f in root.pem trust.pem example.tls.pem example.tls.key example.client.pem example.client.key \
+         example.gateway.pem example.gateway.key \
          example.client2.pem example.client2.key example.selfsigned.pem example.selfsigned.key; do
   [[ -f "$CERTS_DIR/$f" ]] || { echo "missing $CERTS_DIR/$f" >&2; exit 2; }
 done
@@ -131,6 +132,21 @@ check "introspection phantom: exp/iat present" test -n "$(json '.exp + j.iat' <<
 status="$("${CURL[@]}" -o /dev/null -w '%{http_code}' -u introspect-client:wrong -H 'Accept: application/jwt' \
   --data-urlencode "token=$AT" "$INTROSPECT_URL")"
 check "introspection with a wrong secret: HTTP 401" eq "$status" 401
+
+# 5b. certbound's own introspection client authenticates with the gateway's certificate
+# (tls_client_auth): no secret; another certificate, or none, is refused.
+introspect_tls() { # cert-basename-or-empty -> echoes HTTP status:active
+  local cert=()
+  [[ -n "$1" ]] && cert=(--cert "$CERTS_DIR/$1.pem" --key "$CERTS_DIR/$1.key")
+  "${CURL[@]}" -o "$STATE/out" -w '%{http_code}' "${cert[@]}" -H 'Accept: application/json' \
+    -d client_id=certbound-gateway --data-urlencode "token=$AT" "$INTROSPECT_URL"
+}
+status="$(introspect_tls example.gateway)"
+check "introspection as certbound-gateway with its certificate: HTTP 200, active" \
+  eq "$status:$(json .active <"$STATE/out")" 200:true
+check "introspection as certbound-gateway with a partner's certificate: HTTP 401" \
+  eq "$(introspect_tls example.client)" 401
+check "introspection as certbound-gateway without a certificate: HTTP 401" eq "$(introspect_tls '')" 401
 
 # 6. Self-signed client.
 status="$(token_request example.selfsigned partner-selfsigned transactions)"

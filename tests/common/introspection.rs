@@ -181,6 +181,9 @@ struct State {
     jwks_fetches: AtomicUsize,
     max_age: Mutex<Option<u64>>,
     jwks_fault: Mutex<Option<JwksFault>>,
+    /// `tls_client_auth`: the client_id the body must name, with no `Authorization` (the TLS
+    /// part, a client certificate on the connection, is the real identity server's to check).
+    tls_client: Mutex<Option<String>>,
 }
 
 pub struct Introspection {
@@ -227,6 +230,12 @@ impl Introspection {
     /// Makes every key set answer fail this way (`None`: answer normally again).
     pub fn fail_jwks(&self, fault: Option<JwksFault>) {
         *self.state.jwks_fault.lock().unwrap() = fault;
+    }
+
+    /// From now on, authenticate the introspecting client as `tls_client_auth` would: `client_id`
+    /// in the body and no `Authorization`.
+    pub fn expect_tls_client_auth(&self, client_id: &str) {
+        *self.state.tls_client.lock().unwrap() = Some(client_id.to_string());
     }
 
     pub fn set_max_age(&self, max_age: Option<u64>) {
@@ -287,7 +296,14 @@ fn handle(format: Format, state: &State, req: &Request) -> Reply {
         "Basic {}",
         STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"))
     );
-    if req.header("authorization") != Some(expected.as_str()) {
+    let authenticated = match state.tls_client.lock().unwrap().as_deref() {
+        Some(client) => {
+            req.header("authorization").is_none()
+                && form_field(&req.body, "client_id").as_deref() == Some(client)
+        }
+        None => req.header("authorization") == Some(expected.as_str()),
+    };
+    if !authenticated {
         return Reply::new(401, "application/json", r#"{"error":"invalid_client"}"#)
             .with_header("www-authenticate", "Basic realm=\"introspection\"");
     }

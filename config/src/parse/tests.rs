@@ -482,3 +482,40 @@ fn the_secret_may_come_from_a_vm_environment_variable() {
         "the configurations differ"
     );
 }
+
+#[test]
+fn tls_client_auth_names_the_client_and_takes_no_secret() {
+    let mut v = minimal("introspection-jwt");
+    let i = v["introspection"].as_object_mut().unwrap();
+    i.remove("client_secret");
+    i.insert("client_auth".into(), json!("tls_client_auth"));
+    v["jwt"].as_object_mut().unwrap().remove("audiences");
+    let c = parse_value(&v).unwrap();
+    assert_eq!(c.introspection.client_auth, ClientAuth::TlsClientAuth);
+    assert_eq!(c.introspection.client_secret, "");
+    // RFC 9701: the answer is addressed to the introspecting client, whatever its authentication.
+    assert_eq!(
+        c.introspection.format.jwt_rules().unwrap().audiences,
+        ["introspect-client"]
+    );
+    // A secret beside it is a mistake; an unknown method is refused.
+    let mut both = v.clone();
+    both["introspection"]["client_secret"] = json!("s3cret");
+    let e = parse_value(&both).unwrap_err().0;
+    assert!(
+        e.starts_with("introspection.client_secret: is not used with client_auth tls_client_auth"),
+        "{e}"
+    );
+    let mut other = minimal("json");
+    other["introspection"]["client_auth"] = json!("private_key_jwt");
+    let e = parse_value(&other).unwrap_err().0;
+    assert!(e.starts_with("introspection.client_auth: must be"), "{e}");
+    // The default stays client_secret_basic.
+    assert_eq!(
+        parse_value(&minimal("json"))
+            .unwrap()
+            .introspection
+            .client_auth,
+        ClientAuth::ClientSecretBasic
+    );
+}
