@@ -111,8 +111,24 @@ impl std::fmt::Display for ConfigError {
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
+/// An error naming `field` (which may hold a name the configuration chose, such as a claim's):
+/// its control characters are escaped, as the message goes into a log line.
 fn err<T>(field: &str, why: &str) -> Result<T> {
-    Err(ConfigError(format!("{field}: {why}")))
+    let message = format!("{field}: {why}");
+    if !message.chars().any(char::is_control) {
+        return Err(ConfigError(message));
+    }
+    let escaped = message
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect();
+    Err(ConfigError(escaped))
 }
 
 /// Parses and validates the plugin configuration; `client_secret_env` is read from the process's

@@ -519,3 +519,14 @@ fn tls_client_auth_names_the_client_and_takes_no_secret() {
         ClientAuth::ClientSecretBasic
     );
 }
+
+/// Found by the `config` fuzz target: a claim name with NUL bytes came back in the error as is.
+#[test]
+fn errors_naming_a_chosen_name_escape_its_control_characters() {
+    let mut v = minimal("json");
+    v["claim_headers"] = json!({"a": "x-h", "~\u{0}\u{0}m\nm": "x-h"});
+    let e = parse_value(&v).unwrap_err().0;
+    assert!(!e.chars().any(char::is_control), "{e:?}");
+    assert!(e.contains(r"\u{0}\u{0}m\nm"), "{e:?}");
+    assert!(e.contains("names a header already used by another claim"), "{e:?}");
+}
