@@ -231,7 +231,12 @@ fn client_secret(
                 return err(FIELD, "must be an environment variable name (A-Z, 0-9, _)");
             }
             match env(&name) {
-                Some(secret) if !secret.trim().is_empty() => Ok(secret),
+                // A trailing newline from a secret file would make every introspection a 401.
+                Some(secret) if secret.trim() != secret => err(
+                    FIELD,
+                    "names a variable whose value has leading or trailing whitespace",
+                ),
+                Some(secret) if !secret.is_empty() => Ok(secret),
                 _ => err(
                     FIELD,
                     "names a variable the VM does not have or that is empty (Envoy: \
@@ -291,12 +296,20 @@ fn introspection(
         client_id,
         client_auth,
         client_secret: match client_auth {
-            ClientAuth::ClientSecretBasic => client_secret(i.client_secret, i.client_secret_env, env)?,
-            ClientAuth::TlsClientAuth if i.client_secret.is_some() || i.client_secret_env.is_some() => {
+            ClientAuth::ClientSecretBasic => {
+                client_secret(i.client_secret, i.client_secret_env, env)?
+            }
+            ClientAuth::TlsClientAuth
+                if i.client_secret.is_some() || i.client_secret_env.is_some() =>
+            {
+                let field = match i.client_secret {
+                    Some(_) => "introspection.client_secret",
+                    None => "introspection.client_secret_env",
+                };
                 return err(
-                    "introspection.client_secret",
+                    field,
                     "is not used with client_auth tls_client_auth (the cluster's TLS certificate authenticates)",
-                )
+                );
             }
             ClientAuth::TlsClientAuth => String::new(),
         },

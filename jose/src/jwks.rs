@@ -90,6 +90,9 @@ fn key(value: &Value) -> Result<Jwk, &'static str> {
     })
 }
 
+/// At most this many skipped keys are named (a key set may be megabytes of keys); the rest counted.
+const MAX_NAMED_SKIPS: usize = 10;
+
 impl KeySet {
     /// Parses a JWKS document. A key that cannot be used (another type or use, a member of the
     /// wrong type, bad material) is skipped and named in `skipped` (RFC 7517 section 5: "ignore
@@ -102,9 +105,11 @@ impl KeySet {
         };
         let mut keys = Vec::new();
         let mut skipped = Vec::new();
+        let mut skipped_more = 0usize;
         for (index, value) in values.iter().enumerate() {
             match key(value) {
                 Ok(jwk) => keys.push(jwk),
+                Err(_) if skipped.len() >= MAX_NAMED_SKIPS => skipped_more += 1,
                 Err(why) => {
                     // The kid comes from the server: quoted and cut, never a log line of its own.
                     let kid = value.get("kid").and_then(Value::as_str).unwrap_or("-");
@@ -112,6 +117,9 @@ impl KeySet {
                     skipped.push(format!("key {index} (kid {kid:?}): {why}"));
                 }
             }
+        }
+        if skipped_more > 0 {
+            skipped.push(format!("and {skipped_more} more"));
         }
         if keys.is_empty() {
             return Err("the key set has no usable signature key");
@@ -206,9 +214,18 @@ mod tests {
             r#"key 10 (kid "x"): a member is not a string"#,
             r#"key 11 (kid "no-kty"): no kty"#,
             r#"key 12 (kid "-"): not a JSON object"#,
-            r#"key 13 (kid "-"): not a JSON object"#,
+            "and 1 more",
         ];
         assert_eq!(set.skipped, expected);
+    }
+
+    #[test]
+    fn only_the_first_ten_skipped_keys_are_named() {
+        let mut keys = vec![rsa_jwk("ok")];
+        keys.extend((0..25).map(|i| json!({"kty": "oct", "kid": format!("h{i}")})));
+        let set = KeySet::parse(json!({ "keys": keys }).to_string().as_bytes()).unwrap();
+        assert_eq!(set.skipped.len(), 11, "{:?}", set.skipped);
+        assert_eq!(set.skipped[10], "and 15 more");
     }
 
     #[test]

@@ -270,7 +270,7 @@ pub fn verify(
 
 /// The JWS part of `verify`: structure, header, algorithm, key and signature. Returns the payload's
 /// bytes, not yet read as claims.
-pub fn verify_signature(
+pub(crate) fn verify_signature(
     token: &str,
     keys: &KeySet,
     rules: &JwtRules,

@@ -110,8 +110,9 @@ impl RawSigner {
         RawSigner::Rs256(Box::new(rsa::pkcs1v15::SigningKey::new(key)))
     }
 
+    /// A P-256 key whose scalar is `seed` repeated (clamped below the group order's first byte).
     pub fn es256(seed: u8) -> RawSigner {
-        let bytes = [seed.max(1); 32];
+        let bytes = [seed.clamp(1, 0xfe); 32];
         RawSigner::Es256(p256::ecdsa::SigningKey::from_slice(&bytes).unwrap())
     }
 

@@ -440,7 +440,8 @@ fn fingerprint_changes_with_the_configuration() {
 fn the_secret_may_come_from_a_vm_environment_variable() {
     let env = |name: &str| match name {
         "CERTBOUND_SECRET" => Some("from-the-environment".to_string()),
-        "EMPTY" => Some("  ".to_string()),
+        "EMPTY" => Some("".to_string()),
+        "NEWLINE" => Some("from-a-file\n".to_string()),
         _ => None,
     };
     let with = |variable: Value| {
@@ -528,5 +529,8 @@ fn errors_naming_a_chosen_name_escape_its_control_characters() {
     let e = parse_value(&v).unwrap_err().0;
     assert!(!e.chars().any(char::is_control), "{e:?}");
     assert!(e.contains(r"\u{0}\u{0}m\nm"), "{e:?}");
-    assert!(e.contains("names a header already used by another claim"), "{e:?}");
+    assert!(
+        e.contains("names a header already used by another claim"),
+        "{e:?}"
+    );
 }
