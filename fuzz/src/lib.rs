@@ -10,8 +10,12 @@ use std::sync::OnceLock;
 
 pub use certbound_jose::testing::{ISSUER, NOW};
 
-/// The keys a JWT may be signed with in the targets: the test PS256 key `k1`, ES256 `e1` and
-/// Ed25519 `o1`.
+/// The RSA public key of RFC 7515 appendix A.2 (2048 bits): the targets only verify with RSA, so
+/// a fixed public key spares them generating one at start (seconds, which a 3 s smoke run lacks).
+const RSA_N: &str = "ofgWCuLjybRlzo0tZWJjNiuSfb4p4fAkd_wWJcyQoTbji9k0l8W26mPddxHmfHQp-Vaw-4qPCJrcS2mJPMEzP1Pt0Bm4d4QlL-yRT-SFd2lZS-pCgNMsD1W_YpRPEwOWvG6b32690r2jZ47soMZo9wGzjb_7OMg0LOL-bSf63kpaSHSXndS5z5rexMdbBYUsLA9e-KXBdQOS-UTo7WTBEMa2R2CapHg665xsmtdVMTBQY4uDZlxvb3qCo5ZwKh9kG4LT6_I5IhlJH7aGhyxXFvUK-DWNmoudF8NAco9_h9iaGNj8q2ethFkMLs91kzk2PAcDTW9gb54h4FRWyuXpoQ";
+
+/// The keys a JWT may be checked with in the targets: the RSA key `k1` (PS256 and RS256), ES256
+/// `e1` and Ed25519 `o1` (the two the targets sign with).
 pub struct Keys {
     pub set: KeySet,
     pub es256: RawSigner,
@@ -23,9 +27,8 @@ pub fn keys() -> &'static Keys {
     KEYS.get_or_init(|| {
         let es256 = RawSigner::es256(1);
         let ed25519 = RawSigner::ed25519(1);
-        let mut set = testing::key_set();
-        set.keys
-            .extend(testing::key_set_of(&[es256.jwk("e1"), ed25519.jwk("o1")]).keys);
+        let rsa = serde_json::json!({"kty": "RSA", "kid": "k1", "n": RSA_N, "e": "AQAB"});
+        let set = testing::key_set_of(&[rsa, es256.jwk("e1"), ed25519.jwk("o1")]);
         Keys {
             set,
             es256,
