@@ -159,9 +159,11 @@ launch() { # service
       ;;
     api)
       (
+        # HTTPS for the gateway only: its certificate, the example CA's, the subject below.
         API_HOST=127.0.0.1 API_PORT="$API_PORT" API_CA_FILE="$CERTS_DIR/root.pem" \
+          API_CERT_FILE="$CERTS_DIR/example.tls.pem" API_KEY_FILE="$CERTS_DIR/example.tls.key" \
+          API_CLIENT_CA_FILE="$CERTS_DIR/trust.pem" API_GATEWAY_SUBJECT="CN=certbound-gateway,O=Example Bank" \
           API_JWKS_URL="https://127.0.0.1:$IDSVR_PORT/oauth/v2/oauth-anonymous/jwks" \
-          API_INTROSPECTION_URL="https://127.0.0.1:$IDSVR_PORT/oauth/v2/oauth-introspect" \
           exec "$API_BIN"
       ) >>"$log" 2>&1 </dev/null &
       ;;
@@ -188,8 +190,10 @@ is_ready() { # service
         "https://127.0.0.1:$IDSVR_PORT/oauth/v2/oauth-anonymous/jwks" 2>/dev/null
       ;;
     api)
-      # Any HTTP answer will do (it is 401 without a token).
-      [[ "$(curl -sS -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$API_PORT/api/transactions" 2>/dev/null)" != 000 ]]
+      # Any HTTP answer will do (it is 401 without a token); only the gateway's certificate gets one.
+      [[ "$(curl -sS -o /dev/null -w '%{http_code}' --max-time 2 --cacert "$CERTS_DIR/root.pem" \
+        --cert "$CERTS_DIR/example.gateway.pem" --key "$CERTS_DIR/example.gateway.key" \
+        "https://127.0.0.1:$API_PORT/api/transactions" 2>/dev/null)" != 000 ]]
       ;;
     envoy) [[ "$(curl -sS --max-time 2 "http://127.0.0.1:$ADMIN_PORT/ready" 2>/dev/null)" == LIVE ]] ;;
     envoy-formats) [[ "$(curl -sS --max-time 2 "http://127.0.0.1:$FORMATS_ADMIN_PORT/ready" 2>/dev/null)" == LIVE ]] ;;

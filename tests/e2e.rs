@@ -106,20 +106,9 @@ fn example_system_end_to_end() {
         flow(&system, &partner, &other_partner, host, formats, forwarded);
     }
 
-    // The API itself believes no header but a token it can verify (here: reached directly).
-    let direct = format!("http://127.0.0.1:{}/api/transactions", ports.api);
-    let a = system::plain_client()
-        .post(direct)
-        .header("x-certbound-client-id", "partner-client")
-        .header("x-forwarded-client-cert", "Hash=0000")
-        .body("{\"amount\": 1}")
-        .send()
-        .expect("direct request to the API");
-    assert_eq!(
-        a.status().as_u16(),
-        401,
-        "the API accepted a request without a token"
-    );
+    // The API past the gateway: only the gateway's certificate gets in, and behind that the token
+    // must be bound to the certificate the gateway forwards.
+    the_api_accepts_only_the_gateway(&system, &partner);
 
     // 3. No client certificate: the TLS handshake is refused.
     let token = partner.token("partner-client", "transactions");
@@ -230,6 +219,179 @@ fn example_system_end_to_end() {
     );
 
     println!("end-to-end scenarios passed in {:?}", started.elapsed());
+}
+
+/// The SHA-256 of `CERTS_DIR/<stem>.pem` in hex, as Envoy writes it in x-forwarded-client-cert.
+fn xfcc_hash(stem: &str) -> String {
+    use base64::Engine;
+    let digest = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(common::thumbprint(stem))
+        .unwrap();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Straight at the API with a stolen token, as an attacker inside the network would try: plain
+/// HTTP, HTTPS without a certificate, with a partner's own certificate (from the trusted CA), with
+/// one from another CA: none gets an HTTP answer, none reaches the handler. With the gateway's
+/// certificate (the second line), the token must still be bound to the certificate whose hash comes
+/// in x-forwarded-client-cert, and opaque tokens carry the gateway's claims.
+fn the_api_accepts_only_the_gateway(system: &System, partner: &Partner) {
+    let ports = system.ports;
+    let stolen = partner.token("partner-client", "transactions");
+    let certs = common::certs_dir();
+    let url = format!("https://{API}:{}/api/transactions", ports.api);
+    let client = |stem: Option<&str>| {
+        let files = stem.map(|s| {
+            (
+                certs.join(format!("{s}.pem")),
+                certs.join(format!("{s}.key")),
+            )
+        });
+        common::mtls_client_builder(
+            &[(API, ports.api), ("login.example.com", ports.idsvr)],
+            files.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+        )
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+    };
+    let before = system.api_requests();
+    let plain = system::plain_client()
+        .post(format!("http://127.0.0.1:{}/api/transactions", ports.api))
+        .bearer_auth(&stolen)
+        .header("x-certbound-client-id", "partner-client")
+        .body("{\"amount\": 1}")
+        .send();
+    assert!(plain.is_err(), "the API answered plain HTTP: {plain:?}");
+    for stem in [
+        None,
+        Some("example.client"),
+        Some("untrusted.client"),
+        Some("example.selfsigned"),
+    ] {
+        let r = client(stem)
+            .post(&url)
+            .bearer_auth(&stolen)
+            .header("x-certbound-client-id", "partner-client")
+            .header(
+                "x-forwarded-client-cert",
+                format!("Hash={}", xfcc_hash("example.client")),
+            )
+            .body("{\"amount\": 1}")
+            .send();
+        assert!(
+            r.is_err(),
+            "{stem:?}: the API answered a peer that is not the gateway: {r:?}"
+        );
+    }
+    assert_eq!(
+        system.api_requests(),
+        before,
+        "a request from a peer other than the gateway reached the API's handler"
+    );
+    assert!(
+        system.log("api").contains("is not the gateway"),
+        "the API did not say why it refused the partner's certificate"
+    );
+
+    // The second line, with the gateway's certificate: the phantom JWT of the stolen token, as the
+    // gateway gets it (tls_client_auth as certbound-gateway).
+    let gateway = client(Some("example.gateway"));
+    let jwt = gateway
+        .post(format!(
+            "https://login.example.com:{}/oauth/v2/oauth-introspect",
+            ports.idsvr
+        ))
+        .header("accept", "application/jwt")
+        .form(&[
+            ("token", stolen.as_str()),
+            ("client_id", "certbound-gateway"),
+        ])
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_eq!(jwt.matches('.').count(), 2, "the phantom token: {jwt}");
+    let call = |token: &str, headers: &[(&str, String)]| {
+        let mut r = gateway
+            .post(&url)
+            .bearer_auth(token)
+            .body("{\"amount\": 1}");
+        for (name, value) in headers {
+            r = r.header(*name, value);
+        }
+        let r = r.send().unwrap();
+        (
+            r.status().as_u16(),
+            r.headers().contains_key("www-authenticate"),
+        )
+    };
+    let partners = format!("Hash={}", xfcc_hash("example.client"));
+    let others = format!("Hash={}", xfcc_hash("example.client2"));
+    let cnf = format!(
+        "{{\"x5t#S256\":\"{}\"}}",
+        common::thumbprint("example.client")
+    );
+    let id = ("x-certbound-client-id", "partner-client".to_string());
+    let fcc = |v: &str| ("x-forwarded-client-cert", v.to_string());
+    for (what, token, headers, status) in [
+        ("JWT without x-forwarded-client-cert", &jwt, vec![], 401),
+        (
+            "JWT with another certificate's hash",
+            &jwt,
+            vec![fcc(&others)],
+            401,
+        ),
+        (
+            "JWT with two certificates",
+            &jwt,
+            vec![fcc(&format!("{partners},{others}"))],
+            401,
+        ),
+        (
+            "JWT with the partner's certificate",
+            &jwt,
+            vec![fcc(&partners)],
+            201,
+        ),
+        (
+            "opaque without the gateway's claims",
+            &stolen,
+            vec![fcc(&partners)],
+            401,
+        ),
+        (
+            "opaque without cnf",
+            &stolen,
+            vec![fcc(&partners), id.clone()],
+            401,
+        ),
+        (
+            "opaque bound to another certificate",
+            &stolen,
+            vec![fcc(&others), id.clone(), ("x-certbound-cnf", cnf.clone())],
+            401,
+        ),
+        (
+            "opaque with the gateway's claims",
+            &stolen,
+            vec![
+                fcc(&partners),
+                id.clone(),
+                ("x-certbound-scope", "transactions".into()),
+                ("x-certbound-cnf", cnf.clone()),
+            ],
+            201,
+        ),
+    ] {
+        let (got, challenge) = call(token, &headers);
+        assert_eq!(got, status, "{what}");
+        assert!(
+            got != 401 || challenge,
+            "{what}: 401 without WWW-Authenticate"
+        );
+    }
 }
 
 /// Token, transaction, list, stolen token, on one host name of a front proxy.

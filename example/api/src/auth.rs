@@ -4,14 +4,20 @@
 //! - `jwt` (phantom token): an RFC 9068 access token, `typ: at+jwt`, `aud` = this API;
 //! - `introspection-jwt`: the RFC 9701 introspection response, `typ: token-introspection+jwt`,
 //!   `aud` = the gateway's introspecting client, the token's claims under `token_introspection`;
-//! - `json`: the original opaque token, which only the identity server can vouch for (introspection).
+//! - `json`: the original opaque token. The API does not introspect it: only the gateway reaches the
+//!   API (mutual TLS, see `tls`), and the gateway vouches for it with the introspected claims in
+//!   `x-certbound-client-id`, `x-certbound-scope` and `x-certbound-cnf` (its `claim_headers`).
 //!
 //! Every JWT must be PS256, signed by a key of the identity server's JWKS, from the configured issuer.
+//!
+//! Whatever the format, the token must be bound to a certificate (`cnf.x5t#S256`), and that must be
+//! the certificate of this request's partner, whose SHA-256 the gateway forwards in
+//! `x-forwarded-client-cert` (`Hash=`): a second line behind the gateway's own check.
 
 use std::collections::{HashMap, HashSet};
 
 use jwt_simple::prelude::*;
-use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Decoder};
+use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Decoder, Hex};
 use serde::Deserialize;
 
 /// Longest token accepted, bytes (the filter's default `max_token_length` is 4096).
@@ -36,7 +42,7 @@ pub enum TokenKind {
     AccessTokenJwt,
     /// RFC 9701 signed introspection response.
     IntrospectionJwt,
-    /// Opaque token, introspected by the API itself (RFC 7662).
+    /// Opaque token, vouched for by the gateway (its claim headers).
     Opaque,
 }
 
@@ -56,6 +62,8 @@ pub struct Principal {
     pub client_id: String,
     pub scopes: Vec<String>,
     pub kind: TokenKind,
+    /// The token's `cnf.x5t#S256` (RFC 8705): base64url of the bound certificate's SHA-256.
+    pub x5t_s256: Option<String>,
 }
 
 impl Principal {
@@ -173,10 +181,18 @@ pub fn parse_jwks(json: &str) -> Result<KeySet, String> {
     Ok(KeySet { keys })
 }
 
+/// RFC 8705 confirmation: the certificate a token is bound to.
+#[derive(Deserialize)]
+struct Confirmation {
+    #[serde(rename = "x5t#S256")]
+    x5t_s256: Option<String>,
+}
+
 #[derive(Deserialize)]
 struct AccessTokenClaims {
     client_id: Option<String>,
     scope: Option<String>,
+    cnf: Option<Confirmation>,
 }
 
 /// RFC 7662 fields the API reads, in an introspection answer or RFC 9701's `token_introspection`.
@@ -190,6 +206,7 @@ struct Introspection {
     iss: Option<String>,
     /// A string or an array of strings (RFC 7662 section 2.2).
     aud: Option<serde_json::Value>,
+    cnf: Option<Confirmation>,
 }
 
 #[derive(Deserialize)]
@@ -256,6 +273,7 @@ pub fn verify_jwt(
                 client_id,
                 scopes: scopes(claims.custom.scope.as_deref()),
                 kind: TokenKind::AccessTokenJwt,
+                x5t_s256: claims.custom.cnf.and_then(|c| c.x5t_s256),
             })
         }
         "token-introspection+jwt" => {
@@ -277,15 +295,106 @@ pub fn verify_jwt(
     }
 }
 
-/// The caller named by an RFC 7662 JSON introspection answer (for an opaque token).
-pub fn principal_from_introspection(
-    json: &str,
-    policy: &Policy,
-    now: u64,
+/// The caller of an opaque token, as the gateway vouches for it: its claim headers (each given as
+/// all the values of that header). The gateway removes these headers from every client request
+/// and sets them from the introspection answer, so only its word arrives here.
+pub fn principal_from_gateway(
+    client_id: &[&str],
+    scope: &[&str],
+    cnf: &[&str],
 ) -> Result<Principal, Reject> {
-    let answer: Introspection = serde_json::from_str(json)
-        .map_err(|e| invalid(format!("bad introspection answer: {e}")))?;
-    introspected(answer, policy, now, TokenKind::Opaque)
+    let client_id = match client_id {
+        [one] if !one.is_empty() => one.to_string(),
+        _ => return Err(invalid("opaque token without the gateway's client id")),
+    };
+    let scope = match scope {
+        [] => None,
+        [one] => Some(*one),
+        _ => return Err(invalid("several scope headers")),
+    };
+    let x5t_s256 = match cnf {
+        [] => None,
+        [one] => {
+            serde_json::from_str::<Confirmation>(one)
+                .map_err(|_| invalid("malformed cnf header"))?
+                .x5t_s256
+        }
+        _ => return Err(invalid("several cnf headers")),
+    };
+    Ok(Principal {
+        client_id,
+        scopes: scopes(scope),
+        kind: TokenKind::Opaque,
+        x5t_s256,
+    })
+}
+
+/// The partner certificate's SHA-256 that the gateway forwards, given every value of
+/// `x-forwarded-client-cert`. Envoy's `SANITIZE_SET` replaces whatever the client sent with one
+/// element for this connection's certificate; `Hash` is its SHA-256 in hex. Anything else (no
+/// header, several, several elements, no or several hashes) is refused.
+pub fn forwarded_certificate_hash(values: &[&str]) -> Result<Vec<u8>, Reject> {
+    let [value] = values else {
+        return Err(invalid(
+            "not exactly one x-forwarded-client-cert from the gateway",
+        ));
+    };
+    let elements = split_unquoted(value, ',');
+    let [element] = elements.as_slice() else {
+        return Err(invalid(
+            "x-forwarded-client-cert names several certificates",
+        ));
+    };
+    let hashes: Vec<&str> = split_unquoted(element, ';')
+        .into_iter()
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(key, _)| key.trim().eq_ignore_ascii_case("hash"))
+        .map(|(_, value)| value.trim())
+        .collect();
+    let [hash] = hashes.as_slice() else {
+        return Err(invalid("x-forwarded-client-cert without exactly one Hash"));
+    };
+    let digest = Hex::decode_to_vec(hash, None).map_err(|_| invalid("Hash is not hex"))?;
+    if digest.len() != 32 {
+        return Err(invalid("Hash is not a SHA-256"));
+    }
+    Ok(digest)
+}
+
+/// `value` split at `separator` where it is not inside a double-quoted string (XFCC quotes values
+/// that hold `,` `;` or `=`, with `\"` inside). Written here: no maintained crate parses XFCC.
+fn split_unquoted(value: &str, separator: char) -> Vec<&str> {
+    let (mut parts, mut start, mut quoted, mut escaped) = (Vec::new(), 0, false, false);
+    for (i, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == separator && !quoted => {
+                parts.push(&value[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&value[start..]);
+    parts
+}
+
+/// The second line of RFC 8705: the token is bound, and to the certificate the gateway saw.
+pub fn check_binding(principal: &Principal, forwarded_hash: &[u8]) -> Result<(), Reject> {
+    let bound = principal
+        .x5t_s256
+        .as_deref()
+        .ok_or_else(|| invalid("token not bound to a certificate (no cnf.x5t#S256)"))?;
+    let bound = Base64UrlSafeNoPadding::decode_to_vec(bound, None)
+        .map_err(|_| invalid("cnf.x5t#S256 is not base64url"))?;
+    if bound != forwarded_hash {
+        return Err(invalid(
+            "token bound to another certificate than the partner's",
+        ));
+    }
+    Ok(())
 }
 
 fn introspected(
@@ -324,6 +433,7 @@ fn introspected(
         client_id,
         scopes: scopes(info.scope.as_deref()),
         kind,
+        x5t_s256: info.cnf.and_then(|c| c.x5t_s256),
     })
 }
 
@@ -395,7 +505,7 @@ mod tests {
         claims(json!({ "client_id": "partner-client", "scope": "transactions other" }))
     }
 
-    fn reason(r: Result<Principal, Reject>) -> String {
+    fn reason<T: std::fmt::Debug>(r: Result<T, Reject>) -> String {
         match r {
             Err(Reject::InvalidToken(reason)) => reason,
             other => panic!("expected InvalidToken, got {other:?}"),
@@ -546,30 +656,26 @@ mod tests {
         ));
     }
 
+    fn from_answer(answer: &serde_json::Value) -> Result<Principal, Reject> {
+        let info = serde_json::from_value(answer.clone()).map_err(|e| invalid(e.to_string()))?;
+        introspected(info, &policy(), NOW, TokenKind::IntrospectionJwt)
+    }
+
     #[test]
-    fn introspection_answers_for_opaque_tokens() {
-        let ok = json!({ "active": true, "client_id": "partner-client", "scope": "transactions", "exp": NOW + 5, "iss": ISSUER, "aud": AUDIENCE });
-        let p = principal_from_introspection(&ok.to_string(), &policy(), NOW).unwrap();
+    fn introspection_answers_are_checked() {
+        let ok = json!({ "active": true, "client_id": "partner-client", "scope": "transactions", "exp": NOW + 5, "iss": ISSUER, "aud": AUDIENCE, "cnf": { "x5t#S256": "abc" } });
+        let p = from_answer(&ok).unwrap();
         assert_eq!(
-            (p.client_id.as_str(), p.kind),
-            ("partner-client", TokenKind::Opaque)
+            (p.client_id.as_str(), p.x5t_s256.as_deref()),
+            ("partner-client", Some("abc"))
         );
         assert_eq!(
-            reason(principal_from_introspection(
-                r#"{"active":false}"#,
-                &policy(),
-                NOW
-            )),
+            reason(from_answer(&json!({ "active": false }))),
             "token is not active"
         );
         let other =
             json!({ "active": true, "client_id": "c", "exp": NOW + 5, "iss": "https://evil" });
-        reason(principal_from_introspection(
-            &other.to_string(),
-            &policy(),
-            NOW,
-        ));
-        reason(principal_from_introspection("<html>", &policy(), NOW));
+        reason(from_answer(&other));
         // Only a token issued for this API.
         for aud in [
             json!("other-api"),
@@ -580,14 +686,86 @@ mod tests {
             let mut t = ok.clone();
             t["aud"] = aud.clone();
             assert_eq!(
-                reason(principal_from_introspection(&t.to_string(), &policy(), NOW)),
+                reason(from_answer(&t)),
                 "introspected token not issued for this API (aud)",
                 "{aud}"
             );
         }
         let mut listed = ok.clone();
         listed["aud"] = json!(["other-api", AUDIENCE]);
-        assert!(principal_from_introspection(&listed.to_string(), &policy(), NOW).is_ok());
+        assert!(from_answer(&listed).is_ok());
+    }
+
+    #[test]
+    fn opaque_tokens_carry_the_gateways_claims() {
+        let cnf = r#"{"x5t#S256":"abc"}"#;
+        let p =
+            principal_from_gateway(&["partner-client"], &["transactions other"], &[cnf]).unwrap();
+        assert_eq!(p.kind, TokenKind::Opaque);
+        assert_eq!(p.x5t_s256.as_deref(), Some("abc"));
+        assert!(p.has_scope("transactions") && p.has_scope("other"));
+        assert!(principal_from_gateway(&["c"], &[], &[])
+            .unwrap()
+            .x5t_s256
+            .is_none());
+        for (id, scope, cnf) in [
+            (&[][..], &[][..], &[cnf][..]),
+            (&[""], &[], &[cnf]),
+            (&["a", "b"], &[], &[cnf]),
+            (&["c"], &["x", "y"], &[cnf]),
+            (&["c"], &[], &[cnf, cnf]),
+            (&["c"], &[], &["not json"]),
+        ] {
+            reason(principal_from_gateway(id, scope, cnf));
+        }
+    }
+
+    #[test]
+    fn the_forwarded_certificate_hash() {
+        let hex = "a".repeat(64);
+        let one = format!("Hash={hex}");
+        assert_eq!(forwarded_certificate_hash(&[&one]).unwrap(), vec![0xaa; 32]);
+        // Other keys, quoted values holding separators, any case of the key.
+        let rich = format!(r#"By=spiffe://gw;hash={hex};Subject="CN=a,O=b;c=\"d\"";URI="#);
+        assert_eq!(
+            forwarded_certificate_hash(&[&rich]).unwrap(),
+            vec![0xaa; 32]
+        );
+        for bad in [
+            String::new(),
+            "Hash=".into(),
+            format!("Hash={hex},Hash={hex}"),
+            format!("Hash={hex};Hash={hex}"),
+            format!("Hash={}", "a".repeat(62)),
+            format!("Hash={}", "g".repeat(64)),
+            format!(r#"Subject="x;Hash={hex}""#),
+            format!("By=x;Cert={hex}"),
+        ] {
+            reason(forwarded_certificate_hash(&[&bad]));
+        }
+        reason(forwarded_certificate_hash(&[]));
+        reason(forwarded_certificate_hash(&[&one, &one]));
+    }
+
+    #[test]
+    fn the_binding_is_checked() {
+        let digest = [7u8; 32];
+        let x5t =
+            jwt_simple::reexports::ct_codecs::Base64UrlSafeNoPadding::encode_to_string(digest)
+                .unwrap();
+        let mut p = principal_from_gateway(&["c"], &[], &[]).unwrap();
+        assert_eq!(
+            reason(check_binding(&p, &digest)),
+            "token not bound to a certificate (no cnf.x5t#S256)"
+        );
+        p.x5t_s256 = Some(x5t);
+        check_binding(&p, &digest).unwrap();
+        assert_eq!(
+            reason(check_binding(&p, &[8u8; 32])),
+            "token bound to another certificate than the partner's"
+        );
+        p.x5t_s256 = Some("*".into());
+        reason(check_binding(&p, &digest));
     }
 
     #[test]

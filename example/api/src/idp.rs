@@ -1,10 +1,9 @@
 //! The API's calls to the identity server over HTTPS: its key set (cached, refreshed on an
-//! unknown `kid`) and, for opaque tokens, RFC 7662 introspection.
+//! unknown `kid`). Opaque tokens are not introspected here: the gateway vouches for them.
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use jwt_simple::reexports::ct_codecs::{Base64, Encoder};
 use ureq::tls::{parse_pem, PemItem, RootCerts, TlsConfig};
 use ureq::Agent;
 
@@ -133,71 +132,5 @@ impl Keys {
             Ok(set) => f(&set),
             Err(_) => Err(Reject::InvalidToken("key set unavailable".into())),
         }
-    }
-}
-
-/// RFC 7662 introspection of opaque tokens, as the introspecting client (client_secret_basic).
-pub struct Introspector {
-    pub agent: Agent,
-    pub url: String,
-    pub client_id: String,
-    pub client_secret: String,
-}
-
-/// Introspection could not be done: the request is refused, but it is not the caller's fault.
-#[derive(Debug)]
-pub struct Unavailable(pub String);
-
-impl Introspector {
-    pub fn introspect(
-        &self,
-        token: &str,
-        policy: &Policy,
-        now: u64,
-    ) -> Result<Result<Principal, Reject>, Unavailable> {
-        let credentials = format!(
-            "{}:{}",
-            form_encode(&self.client_id),
-            form_encode(&self.client_secret)
-        );
-        let basic =
-            Base64::encode_to_string(credentials).map_err(|e| Unavailable(e.to_string()))?;
-        let response = self
-            .agent
-            .post(&self.url)
-            .header("authorization", &format!("Basic {basic}"))
-            .header("accept", "application/json")
-            .send_form([("token", token), ("token_type_hint", "access_token")]);
-        let (status, body) = get_text(response).map_err(Unavailable)?;
-        if status != 200 {
-            return Err(Unavailable(format!("introspection answered HTTP {status}")));
-        }
-        Ok(auth::principal_from_introspection(&body, policy, now))
-    }
-}
-
-/// application/x-www-form-urlencoded, as RFC 6749 2.3.1 asks for client_secret_basic.
-fn form_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                out.push(b as char)
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credentials_are_form_encoded() {
-        assert_eq!(form_encode("introspect-client"), "introspect-client");
-        assert_eq!(form_encode("a b:c%"), "a+b%3Ac%25");
     }
 }
