@@ -188,6 +188,7 @@ test: setup certs build check-build validate idsvr-deps envoy-config compose-che
 	ENVOY_BIN=$(ENVOY) CERTBOUND_WASM=$(CURDIR)/$(WASM) CERTS_DIR=$(CERTS_DIR) API_BIN=$(API_DEBUG) \
 	  ENVOY_CONFIG_BIN=$(ENVOY_CONFIG_BIN) cargo test --workspace --all-targets --no-fail-fast
 	@$(MAKE) --no-print-directory fuzz-smoke
+	@$(MAKE) --no-print-directory compose-test
 
 unit: ## the fast native loop: every unit test of the filter and its configuration, no Envoy (seconds)
 	@$(call require,cargo,$(RUST_HINT))
@@ -243,6 +244,30 @@ fuzz-smoke: ## every fuzz target for FUZZ_SMOKE_SECONDS (3) when nightly is inst
 	@if cargo +nightly --version >/dev/null 2>&1; then \
 	  $(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(FUZZ_SMOKE_SECONDS); \
 	else echo "fuzz-smoke: skipped, no nightly toolchain (rustup toolchain install nightly)"; fi
+
+# docker-compose.yml really started, in podman containers (tests/compose/run.sh says what it checks;
+# about 2 minutes, plus debootstrap's 2-3 minutes the first time on a machine). Debian's podman 4.3 with
+# runc, the CNI DNS plugin for service names, debootstrap for the base image; podman-compose 1.6 from
+# PyPI into .venv (Debian's 1.0.3 ignores network aliases).
+PODMAN_COMPOSE_VERSION := 1.6.0
+PODMAN_COMPOSE := $(CURDIR)/.venv/bin/podman-compose
+CONTAINER_PACKAGES := podman runc debootstrap golang-github-containernetworking-plugin-dnsname \
+  containernetworking-plugins iptables uidmap
+.PHONY: setup-containers compose-test
+setup-containers: $(PODMAN_COMPOSE)
+	@if command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null \
+	  && [[ -x /usr/lib/cni/dnsname ]]; then echo "setup: podman, runc, debootstrap, dnsname present"; \
+	elif command -v apt-get >/dev/null 2>&1 && [[ "$$(id -u)" == 0 ]]; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends $(CONTAINER_PACKAGES) >/dev/null \
+	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(CONTAINER_PACKAGES) >/dev/null; }; \
+	else echo "error: make compose-test needs root and Debian's $(CONTAINER_PACKAGES)" >&2; exit 127; fi
+
+$(PODMAN_COMPOSE): $(ENVOY)
+	.venv/bin/pip install --disable-pip-version-check --quiet podman-compose==$(PODMAN_COMPOSE_VERSION)
+
+compose-test: setup setup-containers certs build api ## start docker-compose.yml in podman containers, run the partner client, the stolen-token replay and direct calls to the API, take it down
+	PODMAN_COMPOSE=$(PODMAN_COMPOSE) API_BIN=$(API_RELEASE) bash tests/compose/run.sh
 
 .PHONY: bench
 bench: setup certs build envoy-config ## benchmark: passthrough, empty wasm, certbound hit/miss, jwt_authn (writes bench/results.md, .svg)

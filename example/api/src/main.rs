@@ -480,32 +480,31 @@ fn run() -> Result<(), String> {
     let agent = idp::agent(&config.ca_file, Duration::from_secs(5))?;
     let keys = Keys::new(agent, config.jwks_url.clone(), Duration::from_secs(5));
 
-    // Keys first, with retries: the identity server may still be starting. If it never answers,
-    // the API serves anyway and fetches the keys on the first token that needs them.
-    let deadline = std::time::Instant::now() + config.jwks_startup;
-    loop {
-        match keys.fetch() {
-            Ok(n) => {
-                eprintln!("api: {n} signing key(s) from {}", config.jwks_url);
-                break;
-            }
-            Err(e) if std::time::Instant::now() < deadline => {
-                eprintln!("api: key set not available yet ({e}); retrying");
-                thread::sleep(Duration::from_secs(1));
-            }
-            Err(e) => {
-                eprintln!("api: key set not available ({e}); will fetch it on demand");
-                break;
-            }
-        }
-    }
-
     let app = Arc::new(App {
         policy: config.policy.clone(),
         keys,
         stats: Stats::default(),
         transactions: Mutex::new(Vec::new()),
         next_id: AtomicU64::new(0),
+    });
+    // The key set in the background, with retries: the identity server may still be starting. The
+    // API serves meanwhile; a token that needs the keys fetches them on demand (`Keys::verify`).
+    let startup = Arc::clone(&app);
+    let (jwks_url, jwks_startup) = (config.jwks_url.clone(), config.jwks_startup);
+    thread::spawn(move || {
+        let deadline = std::time::Instant::now() + jwks_startup;
+        loop {
+            match startup.keys.fetch() {
+                Ok(n) => return eprintln!("api: {n} signing key(s) from {jwks_url}"),
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("api: key set not available yet ({e}); retrying");
+                    thread::sleep(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    return eprintln!("api: key set not available ({e}); will fetch it on demand")
+                }
+            }
+        }
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.threads)
