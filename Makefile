@@ -189,6 +189,7 @@ test: setup certs build check-build validate idsvr-deps envoy-config compose-che
 	  ENVOY_CONFIG_BIN=$(ENVOY_CONFIG_BIN) cargo test --workspace --all-targets --no-fail-fast
 	@$(MAKE) --no-print-directory fuzz-smoke
 	@$(MAKE) --no-print-directory compose-test
+	@$(MAKE) --no-print-directory demo-test
 
 unit: ## the fast native loop: every unit test of the filter and its configuration, no Envoy (seconds)
 	@$(call require,cargo,$(RUST_HINT))
@@ -268,6 +269,12 @@ $(PODMAN_COMPOSE): $(ENVOY)
 
 compose-test: setup setup-containers certs build api ## start docker-compose.yml in podman containers, run the partner client, the stolen-token replay and direct calls to the API, take it down
 	PODMAN_COMPOSE=$(PODMAN_COMPOSE) API_BIN=$(API_RELEASE) bash tests/compose/run.sh
+
+# `make demo` on a fresh clone of HEAD, twice, then a stop whose process is gone (tests/demo/fresh-clone.sh;
+# about 5 minutes: the clone builds everything). Uses the demo's default ports.
+.PHONY: demo-test
+demo-test: ## make demo as a newcomer runs it: a fresh clone of HEAD, twice; nothing may be left behind
+	bash tests/demo/fresh-clone.sh
 
 .PHONY: bench
 bench: setup certs build envoy-config ## benchmark: passthrough, empty wasm, certbound hit/miss, jwt_authn (writes bench/results.md, .svg)
