@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make demo-test: `make demo` as a newcomer runs it, on a fresh clone of this repository's HEAD with
 # nothing built, no certificates, no .venv and no node_modules. Twice (a newcomer's first and second
-# run): each must exit 0, print the partner client's six lines and "demo: every step succeeded", and
+# run): each must exit 0, print the partner client's six lines and "system: demo: every step succeeded", and
 # leave no pid file, no process and no listening port behind. Then the end state of the race that
 # failed a first run once (issue 13: a service that exits while `stop` kills it): stopping a service
 # whose process is already gone must exit 0 and remove its pid file.
@@ -37,7 +37,7 @@ lines=(
   "Client successfully created the API transaction using mutual TLS"
   "An attacker replays the stolen token with a different client certificate ..."
   "The API rejected the stolen token: 401 invalid_token"
-  "demo: every step succeeded"
+  "system: demo: every step succeeded"
 )
 for run in first second; do
   started=$SECONDS
