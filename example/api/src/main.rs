@@ -220,7 +220,7 @@ impl Reply {
         Reply {
             status: 401,
             body: json!({ "error": error.unwrap_or("unauthorized"), "error_description": description }),
-            headers: vec![("WWW-Authenticate", challenge)],
+            headers: vec![("www-authenticate", challenge)],
         }
     }
 
@@ -319,7 +319,7 @@ impl App {
                 status: 403,
                 body: json!({ "error": "insufficient_scope" }),
                 headers: vec![(
-                    "WWW-Authenticate",
+                    "www-authenticate",
                     format!("Bearer realm=\"{REALM}\", error=\"insufficient_scope\", scope=\"transactions\""),
                 )],
             };
