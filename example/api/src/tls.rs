@@ -35,20 +35,23 @@ pub fn subject_of(der: &[u8]) -> Result<String, String> {
     Ok(cert.tbs_certificate.subject.to_string())
 }
 
+/// Every certificate of a PEM file.
+fn read_certificates(path: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read {what} {path}: {e}"))
+}
+
 /// The rustls server configuration: TLS 1.2 and 1.3 (rustls offers only ECDHE with AEAD ciphers),
 /// HTTP/1.1, a client certificate required and checked by `GatewayOnly`.
 pub fn server_config(s: &Settings) -> Result<Arc<ServerConfig>, String> {
     let provider = Arc::new(ring::default_provider());
-    let certs = CertificateDer::pem_file_iter(&s.cert_file)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("cannot read the certificate {}: {e}", s.cert_file))?;
+    let certs = read_certificates(&s.cert_file, "the certificate")?;
     let key = PrivateKeyDer::from_pem_file(&s.key_file)
         .map_err(|e| format!("cannot read the key {}: {e}", s.key_file))?;
     let mut roots = RootCertStore::empty();
-    let cas = CertificateDer::pem_file_iter(&s.client_ca_file)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("cannot read the client CA {}: {e}", s.client_ca_file))?;
-    let (added, _) = roots.add_parsable_certificates(cas);
+    let (added, _) =
+        roots.add_parsable_certificates(read_certificates(&s.client_ca_file, "the client CA")?);
     if added == 0 {
         return Err(format!("no CA certificate in {}", s.client_ca_file));
     }
