@@ -146,14 +146,17 @@ cat "$work/intermediate.pem" "$work/root.pem" >"$work/trust.pem"
 issue example.tls "/CN=*.example.com" "$LEAF_DAYS" server \
   "DNS:*.example.com, DNS:example.com, DNS:localhost, IP:127.0.0.1" root
 
+# Every SAN kind, for the routes' certificate rules (allowed_certificates) in tests/.
 issue example.client "/O=Partner One/CN=partner-client" "$LEAF_DAYS" client \
-  "DNS:partner-client" intermediate
+  "DNS:partner-client, URI:spiffe://partners.example/partner-one, IP:192.0.2.1, email:ops@partner-one.example" intermediate
 issue example.client2 "/O=Partner Two/CN=partner-client-2" "$LEAF_DAYS" client \
   "DNS:partner-client-2" intermediate
 # The gateway's own certificate: Envoy presents it to the identity server, which authenticates
 # certbound's introspection client by it (tls_client_auth).
+# It is also the front proxy's identity towards the inner proxy (the sidecar), which trusts
+# its certificate headers (SPIFFE-style URI SAN, as Istio's gateways have).
 issue example.gateway "/O=Example Bank/CN=certbound-gateway" "$LEAF_DAYS" client \
-  "DNS:certbound-gateway" intermediate
+  "DNS:certbound-gateway, URI:spiffe://example.bank/ns/edge/sa/gateway" intermediate
 self_signed example.selfsigned "/O=Partner Self/CN=partner-selfsigned" "$LEAF_DAYS" selfsigned-client \
   "DNS:partner-selfsigned"
 

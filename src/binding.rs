@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// The SHA-256 of a certificate's DER encoding.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Thumbprint(pub [u8; 32]);
 
 impl std::fmt::Debug for Thumbprint {
@@ -41,15 +41,9 @@ impl Thumbprint {
     }
 
     /// From the PEM of a client certificate (the first, if a chain follows), as headers from a TLS
-    /// terminator carry it. (Envoy's `connection.peer_certificate` is not read: see
-    /// `client_thumbprint`.) The DER is checked to be one whole SEQUENCE, not parsed further: the
-    /// thumbprint covers the exact bytes, and a full X.509 parser would double the module's size.
+    /// terminator carry it.
     pub fn from_pem(pem: &str) -> Option<Self> {
-        let (_, rest) = pem.split_once("-----BEGIN CERTIFICATE-----")?;
-        let (body, _) = rest.split_once("-----END CERTIFICATE-----")?;
-        let compact: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-        let der = STANDARD.decode(compact).ok()?;
-        is_der_sequence(&der).then(|| Self::from_der(&der))
+        der_from_pem(pem).map(|der| Self::from_der(&der))
     }
 
     pub fn from_der(der: &[u8]) -> Self {
@@ -80,8 +74,18 @@ impl Thumbprint {
     }
 }
 
+/// The DER of the first certificate of a PEM, checked to be one whole SEQUENCE (the thumbprint
+/// covers the exact bytes; what it holds is parsed only where a rule needs it, `certificate`).
+pub fn der_from_pem(pem: &str) -> Option<Vec<u8>> {
+    let (_, rest) = pem.split_once("-----BEGIN CERTIFICATE-----")?;
+    let (body, _) = rest.split_once("-----END CERTIFICATE-----")?;
+    let compact: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let der = STANDARD.decode(compact).ok()?;
+    is_der_sequence(&der).then_some(der)
+}
+
 /// A DER SEQUENCE whose definite length covers exactly the rest of `d`.
-fn is_der_sequence(d: &[u8]) -> bool {
+pub fn is_der_sequence(d: &[u8]) -> bool {
     let (len, header) = match d.get(1).copied() {
         Some(l) if l < 0x80 => (usize::from(l), 2),
         Some(n @ 0x81..=0x83) => {

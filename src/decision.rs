@@ -50,6 +50,8 @@ mod tests {
             required_scopes: scopes.iter().map(|s| s.to_string()).collect(),
             require_binding: binding,
             allowed_client_ids: clients.iter().map(|s| s.to_string()).collect(),
+            certificate_required: binding,
+            certificate_rules: None,
         }
     }
 

@@ -20,6 +20,7 @@ pub enum DenyReason {
     IntrospectionBadResponse(&'static str),
     UnverifiableBinding,
     NoRoute,
+    CertificateNotAllowed(&'static str),
 }
 
 /// One row of the table of reasons.
@@ -49,7 +50,7 @@ const fn row(
 }
 
 /// Every reason, in the order of `DenyReason::index`.
-pub const REASONS: [ReasonInfo; 12] = [
+pub const REASONS: [ReasonInfo; 13] = [
     row(
         "missing_token",
         401,
@@ -122,6 +123,12 @@ pub const REASONS: [ReasonInfo; 12] = [
         "access_denied",
         "no route allows this request",
     ),
+    row(
+        "certificate_not_allowed",
+        403,
+        "access_denied",
+        "the client certificate is not allowed on this route",
+    ),
 ];
 
 impl DenyReason {
@@ -140,6 +147,7 @@ impl DenyReason {
             DenyReason::IntrospectionBadResponse(_) => 9,
             DenyReason::UnverifiableBinding => 10,
             DenyReason::NoRoute => 11,
+            DenyReason::CertificateNotAllowed(_) => 12,
         }
     }
 
@@ -172,7 +180,8 @@ impl DenyReason {
     pub fn detail(self) -> &'static str {
         match self {
             DenyReason::IntrospectionUnavailable(why)
-            | DenyReason::IntrospectionBadResponse(why) => why,
+            | DenyReason::IntrospectionBadResponse(why)
+            | DenyReason::CertificateNotAllowed(why) => why,
             other => other.description(),
         }
     }
@@ -216,7 +225,8 @@ pub fn reply(reason: DenyReason, realm: &str, required_scopes: &[String]) -> Rep
         // Not about the token: a 5xx, or a request no route allows.
         DenyReason::IntrospectionUnavailable(_)
         | DenyReason::IntrospectionBadResponse(_)
-        | DenyReason::NoRoute => None,
+        | DenyReason::NoRoute
+        | DenyReason::CertificateNotAllowed(_) => None,
         _ => {
             let mut c = format!(
                 "Bearer realm=\"{realm}\", error=\"{}\", error_description=\"{}\"",
@@ -252,7 +262,7 @@ pub fn reply(reason: DenyReason, realm: &str, required_scopes: &[String]) -> Rep
 mod tests {
     use super::*;
 
-    const ALL: [DenyReason; 12] = [
+    const ALL: [DenyReason; 13] = [
         DenyReason::MissingToken,
         DenyReason::InvalidRequest("x"),
         DenyReason::InactiveToken,
@@ -265,6 +275,7 @@ mod tests {
         DenyReason::IntrospectionBadResponse("x"),
         DenyReason::UnverifiableBinding,
         DenyReason::NoRoute,
+        DenyReason::CertificateNotAllowed("x"),
     ];
 
     fn challenge(r: &Reply) -> Option<&str> {

@@ -115,10 +115,12 @@ impl Host for FakeHost {
     }
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
-        let ["connection", name] = path else {
-            return None;
+        // `connection.<name>` by its name, others (`source.address`) by their whole path.
+        let key = match path {
+            ["connection", name] => name.to_string(),
+            _ => path.join("."),
         };
-        self.with_stream(|st| st.properties.get(*name).cloned())
+        self.with_stream(|st| st.properties.get(&key).cloned())
             .flatten()
     }
 

@@ -10,7 +10,8 @@
 
 use crate::binding::Thumbprint;
 use crate::cache::{Entry, JwksStore, Seal, SharedStore, TokenCache, TokenKey, TokenState};
-use crate::config::{Config, JwtRules};
+use crate::certificate::{self, HeaderKind, Peer, Presented};
+use crate::config::{CertificateRules, Config, JwtRules};
 use crate::decision;
 use crate::deny::{self, DenyReason, Reply};
 use crate::headers::Headers;
@@ -30,7 +31,8 @@ use std::rc::Rc;
 pub struct RequestFacts<'a> {
     pub context_id: u32,
     pub headers: &'a Headers,
-    pub thumbprint: Option<Thumbprint>,
+    /// The connection the request came on (its certificate, its peer), read when needed.
+    pub peer: &'a dyn Peer,
     pub now: u64,
 }
 
@@ -138,7 +140,7 @@ pub fn on_request(
     let path = read.path;
     let mut me = Waiter {
         context_id: facts.context_id,
-        thumbprint: facts.thumbprint,
+        thumbprint: None,
         route: None,
         strip: read.strip,
     };
@@ -152,9 +154,9 @@ pub fn on_request(
             }
         }
     }
-    if cfg.policy(me.route).is_none() {
+    let Some(policy) = cfg.policy(me.route) else {
         return Start::Decided(deny(cfg, st, DenyReason::NoRoute, &me, None));
-    }
+    };
     let values = read.authorization;
     let token = match token::bearer_token(&values, cfg.max_token_length) {
         Ok(t) => t,
@@ -164,6 +166,36 @@ pub fn on_request(
     if token::in_query(&path) {
         let why = "the access token must be sent in Authorization only";
         return Start::Decided(deny(cfg, st, DenyReason::InvalidRequest(why), &me, None));
+    }
+    let presented =
+        match certificate::present(&cfg.client_certificate, &read.certificates, facts.peer) {
+            Ok(p) => p,
+            Err(why) => {
+                let reason = DenyReason::InvalidRequest(why);
+                return Start::Decided(deny(cfg, st, reason, &me, None));
+            }
+        };
+    me.thumbprint = presented.thumbprint;
+    // The certificate headers go on only from a trusted hop, and only if configured so.
+    if !(presented.trusted_headers && cfg.client_certificate.forward_headers) {
+        me.strip.extend(
+            read.certificates
+                .iter()
+                .map(|(kind, _)| header_name(cfg, *kind).to_string()),
+        );
+    }
+    match (&me.thumbprint, &policy.certificate_rules) {
+        (None, _) if policy.certificate_required => {
+            let reason = DenyReason::NoClientCertificate;
+            return Start::Decided(deny(cfg, st, reason, &me, None));
+        }
+        (Some(t), Some(rules)) => {
+            if let Err(why) = check_certificate(st, rules, t, &presented, &read.certificates) {
+                let reason = DenyReason::CertificateNotAllowed(why);
+                return Start::Decided(deny(cfg, st, reason, &me, None));
+            }
+        }
+        _ => {}
     }
     let key = st.key_deriver.key(token);
     let now = facts.now;
@@ -177,12 +209,6 @@ pub fn on_request(
         return Start::Decided(decide(cfg, st, &entry, &me));
     }
     st.tally.count(Metric::CacheMiss);
-    // No call for a request that will be refused whatever the answer.
-    if me.thumbprint.is_none() && cfg.policy(me.route).is_some_and(|p| p.require_binding) {
-        let reason = DenyReason::NoClientCertificate;
-        return Start::Decided(deny(cfg, st, reason, &me, None));
-    }
-
     if let Some(inflight) = st.inflight.get_mut(&key) {
         inflight.waiters.push(me);
         return Start::Wait(key);
@@ -341,12 +367,60 @@ pub fn answer_limit(cfg: &Config, st: &State, key: &TokenKey) -> usize {
     }
 }
 
+/// Whether the route's allow-lists admit the presented certificate. The certificate is parsed
+/// only for rules that read its names, once per certificate (`State::parsed`).
+fn check_certificate(
+    st: &mut State,
+    rules: &CertificateRules,
+    thumbprint: &Thumbprint,
+    presented: &Presented,
+    headers: &[(HeaderKind, Cow<'_, str>)],
+) -> Result<(), &'static str> {
+    let facts = match rules.need_certificate() {
+        false => None,
+        true => {
+            let der = || {
+                presented
+                    .der
+                    .clone()
+                    .or_else(|| certificate::der_in_xfcc(headers, thumbprint))
+            };
+            match st.parsed.get(thumbprint, der) {
+                Some(Some(facts)) => Some(facts),
+                Some(None) => return Err("the client certificate is not an X.509 certificate"),
+                None => {
+                    return Err(
+                        "the route's rules read the certificate, and only its hash was \
+                                presented (Envoy: set_current_client_cert_details.cert)",
+                    )
+                }
+            }
+        }
+    };
+    match certificate::allowed(rules, thumbprint, facts.as_deref()) {
+        true => Ok(()),
+        false => Err("the client certificate is not on the route's allow-lists"),
+    }
+}
+
+/// The name of a certificate header.
+fn header_name(cfg: &Config, kind: HeaderKind) -> &str {
+    match kind {
+        HeaderKind::Xfcc => "x-forwarded-client-cert",
+        HeaderKind::ClientCert => "client-cert",
+        HeaderKind::ClientCertChain => "client-cert-chain",
+        HeaderKind::Pem => cfg.client_certificate.pem_header.as_deref().unwrap_or(""),
+    }
+}
+
 /// What the flow reads of a request's headers, taken in one pass over them.
 struct ReadHeaders<'a> {
     path: Cow<'a, str>,
     method: Cow<'a, str>,
     /// Every `Authorization` value, in order.
     authorization: Vec<Cow<'a, str>>,
+    /// The certificate headers under their exact names (`HeaderKind`), in order.
+    certificates: Vec<(HeaderKind, Cow<'a, str>)>,
     /// The spoofable headers it carries (`is_spoofable`), to remove if it is allowed.
     strip: Vec<String>,
 }
@@ -356,6 +430,7 @@ fn read_headers<'a>(cfg: &Config, headers: &'a Headers) -> ReadHeaders<'a> {
         path: Cow::Borrowed(""),
         method: Cow::Borrowed(""),
         authorization: Vec::new(),
+        certificates: Vec::new(),
         strip: Vec::new(),
     };
     for (name, value) in headers.pairs() {
@@ -364,12 +439,16 @@ fn read_headers<'a>(cfg: &Config, headers: &'a Headers) -> ReadHeaders<'a> {
             b":method" if read.method.is_empty() => read.method = String::from_utf8_lossy(value),
             // A value that is not UTF-8 comes with U+FFFD, which no token grammar accepts.
             b"authorization" => read.authorization.push(String::from_utf8_lossy(value)),
-            _ if is_spoofable(cfg, name) => {
-                if let Ok(name) = std::str::from_utf8(name) {
-                    read.strip.push(name.to_string());
+            _ => {
+                if let Some(kind) = HeaderKind::of(&cfg.client_certificate, name) {
+                    read.certificates
+                        .push((kind, String::from_utf8_lossy(value)));
+                } else if is_spoofable(cfg, name) {
+                    if let Ok(name) = std::str::from_utf8(name) {
+                        read.strip.push(name.to_string());
+                    }
                 }
             }
-            _ => {}
         }
     }
     read
@@ -377,9 +456,10 @@ fn read_headers<'a>(cfg: &Config, headers: &'a Headers) -> ReadHeaders<'a> {
 
 /// A header the client sent that an upstream could take for one certbound sets or a TLS
 /// terminator would: another spelling of a claim header (`x_certbound_client_id`, which CGI and
-/// WSGI read as `x-certbound-client-id`), or a certificate header (`client-cert`,
-/// `client-cert-chain`, `x-forwarded-client-cert`), which no trusted source sets here. A claim
-/// header under its exact name is not one: `header_writes` sets or removes it anyway.
+/// WSGI read as `x-certbound-client-id`), or of a certificate header (`client-cert`,
+/// `client-cert-chain`, `x-forwarded-client-cert`, the `pem-header` source's). A claim header
+/// under its exact name is not one: `header_writes` sets or removes it anyway; nor is a
+/// certificate header under its exact name, which `on_request` removes unless it is forwarded.
 fn is_spoofable(cfg: &Config, name: &[u8]) -> bool {
     const CERTIFICATE_HEADERS: [&str; 3] = [
         "client-cert",
@@ -399,6 +479,11 @@ fn is_spoofable(cfg: &Config, name: &[u8]) -> bool {
     };
     let claims = || cfg.claim_headers.iter().map(|(_, h)| h.as_str());
     CERTIFICATE_HEADERS.iter().any(|c| spells(c))
+        || cfg
+            .client_certificate
+            .pem_header
+            .as_deref()
+            .is_some_and(spells)
         || (claims().any(spells) && !claims().any(|h| h.as_bytes() == name))
 }
 

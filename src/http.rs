@@ -4,6 +4,7 @@
 
 use crate::binding;
 use crate::cache::TokenKey;
+use crate::certificate::Peer;
 use crate::deny::{self, DenyReason};
 use crate::flow::{self, CallAnswer, Next, RequestFacts, Start, Verdict};
 use crate::host::{Host, Level, ProxyHost};
@@ -11,6 +12,8 @@ use crate::token;
 use crate::worker::Worker;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
+use std::cell::OnceCell;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
 pub struct Http<H: Host> {
@@ -22,6 +25,7 @@ pub struct Http<H: Host> {
     pending: Option<TokenKey>,
     /// The request has an `application/x-www-form-urlencoded` body, to check before it goes on.
     form_body: bool,
+    /// The connection's certificate, for the log of a deny on the body.
     thumbprint: Option<binding::Thumbprint>,
 }
 
@@ -32,6 +36,45 @@ fn refuse(host: &impl Host, why: &'static str, realm: &str) -> Action {
     host.log(Level::Error, &format!("refused a request: {why}"));
     host.send_reply(&deny::reply(reason, realm, &[]));
     Action::Pause
+}
+
+/// The request's connection, read through the host when the flow asks (each read is a host call).
+struct HostPeer<'a, H: Host> {
+    host: &'a H,
+    thumbprint: OnceCell<Option<binding::Thumbprint>>,
+}
+
+impl<H: Host> Peer for HostPeer<'_, H> {
+    #[inline]
+    fn thumbprint(&self) -> Option<binding::Thumbprint> {
+        *self.thumbprint.get_or_init(|| {
+            binding::client_thumbprint(|name| self.host.property(&["connection", name]))
+        })
+    }
+
+    fn uri_san(&self) -> Option<String> {
+        let v = self
+            .host
+            .property(&["connection", "uri_san_peer_certificate"])?;
+        String::from_utf8(v).ok()
+    }
+
+    fn dns_san(&self) -> Option<String> {
+        let v = self
+            .host
+            .property(&["connection", "dns_san_peer_certificate"])?;
+        String::from_utf8(v).ok()
+    }
+
+    fn address(&self) -> Option<IpAddr> {
+        let v = self.host.property(&["source", "address"])?;
+        let s = std::str::from_utf8(&v).ok()?;
+        // "10.0.0.1:5000" or "[::1]:5000"; a bare address too.
+        s.parse::<SocketAddr>()
+            .map(|a| a.ip())
+            .or_else(|_| s.parse::<IpAddr>())
+            .ok()
+    }
 }
 
 impl<H: Host> Http<H> {
@@ -54,24 +97,26 @@ impl<H: Host> Http<H> {
         };
         // One host call for every header: each call crosses into the host and back.
         let headers = self.host.request_headers();
-        let thumbprint =
-            binding::client_thumbprint(|name| self.host.property(&["connection", name]));
+        let peer = HostPeer {
+            host: &self.host,
+            thumbprint: OnceCell::new(),
+        };
         // Only a request with a body can carry a form: a GET costs nothing here.
         self.form_body = !end_of_stream
             && headers
                 .get("content-type")
                 .is_some_and(|v| token::is_form(&v));
-        self.thumbprint = thumbprint;
         let facts = RequestFacts {
             context_id: self.id,
             headers: &headers,
-            thumbprint,
+            peer: &peer,
             now: worker.clock.get(),
         };
         let start = match worker.state.try_borrow_mut() {
             Ok(mut st) => flow::on_request(&worker.config, &mut st, &self.host, facts),
             Err(_) => return refuse(&self.host, "the worker is busy", &worker.config.realm),
         };
+        self.thumbprint = peer.thumbprint.get().copied().flatten();
         match start {
             Start::Decided(verdict) => self.apply(&worker, &verdict),
             Start::Wait(key) => {

@@ -8,6 +8,7 @@
 //! Implementing another callback means adding its export there (a test checks the two agree).
 pub mod binding;
 pub mod cache;
+pub mod certificate;
 pub use certbound_config as config;
 pub use certbound_jose::{jwks, jwt};
 pub mod decision;

@@ -4,6 +4,7 @@
 
 use crate::binding::Thumbprint;
 use crate::cache::{KeyDeriver, LocalCache, Seal, TokenKey};
+use crate::certificate::ParsedCertificates;
 use crate::config::{Config, JwtRules};
 use crate::jwks::KeySet;
 use crate::metrics::Tally;
@@ -53,6 +54,8 @@ pub struct State {
     /// Lines for the host's log that no single request's verdict carries (what a new key set
     /// left out); the adapter logs and empties it after each call answer.
     pub notices: Vec<String>,
+    /// Client certificates parsed for routes' allow-lists, by thumbprint.
+    pub parsed: ParsedCertificates,
 }
 
 impl State {
@@ -67,6 +70,7 @@ impl State {
             key_set_failed_at: None,
             tally: Tally::default(),
             notices: Vec::new(),
+            parsed: ParsedCertificates::default(),
         }
     }
 }

@@ -141,6 +141,101 @@ pub struct Policy {
     pub required_scopes: Vec<String>,
     pub require_binding: bool,
     pub allowed_client_ids: Vec<String>,
+    /// `client_certificate: required`: a request without a certificate is refused before its
+    /// token is looked at. `optional`: it is judged by its token alone (which must be unbound).
+    pub certificate_required: bool,
+    /// `allowed_certificates`: what a presented certificate must be, when set.
+    pub certificate_rules: Option<Rc<CertificateRules>>,
+}
+
+/// A route's allow-lists for the client certificate. Each list that is not empty must be
+/// satisfied (by any of its entries); a certificate must satisfy every such list.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CertificateRules {
+    /// SHA-256 of the DER (`x5t#S256`).
+    pub thumbprints: Vec<[u8; 32]>,
+    /// RFC 4514 strings, as `x509-cert` writes a name: the last RDN first (`CN=a,O=b`).
+    pub subjects: Vec<String>,
+    pub issuers: Vec<String>,
+    /// Lower case: DNS names and e-mail addresses compare ASCII case-insensitively.
+    pub dns_sans: Vec<String>,
+    pub uri_sans: Vec<String>,
+    pub ip_sans: Vec<std::net::IpAddr>,
+    pub email_sans: Vec<String>,
+}
+
+impl CertificateRules {
+    /// Whether a rule needs more than the thumbprint: the certificate itself, parsed.
+    pub fn need_certificate(&self) -> bool {
+        !(self.subjects.is_empty()
+            && self.issuers.is_empty()
+            && self.dns_sans.is_empty()
+            && self.uri_sans.is_empty()
+            && self.ip_sans.is_empty()
+            && self.email_sans.is_empty())
+    }
+}
+
+/// Where the client's certificate is read from, tried in the configured order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateSource {
+    /// The request's own TLS connection (`connection.sha256_peer_certificate_digest`).
+    Connection,
+    /// Envoy's `x-forwarded-client-cert`, from a trusted hop.
+    Xfcc,
+    /// RFC 9440 `Client-Cert`, from a trusted hop.
+    ClientCert,
+    /// A URL-encoded PEM in the header `ClientCertificates::pem_header`, from a trusted hop.
+    PemHeader,
+}
+
+impl CertificateSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            CertificateSource::Connection => "connection",
+            CertificateSource::Xfcc => "xfcc",
+            CertificateSource::ClientCert => "client-cert",
+            CertificateSource::PemHeader => "pem-header",
+        }
+    }
+}
+
+/// Who may hand certbound a client certificate in a header: every rule given must hold.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TrustedHop {
+    /// The connection's peer certificate must have one of these as its first URI SAN (Envoy's
+    /// `connection.uri_san_peer_certificate`), e.g. a SPIFFE ID...
+    pub uri_sans: Vec<String>,
+    /// ...or one of these as its first DNS SAN (lower case)...
+    pub dns_sans: Vec<String>,
+    /// ...or one of these thumbprints. (Any of the three identities, when any is given.)
+    pub thumbprints: Vec<[u8; 32]>,
+    /// The connection's peer address (`source.address`) must be in one of these.
+    pub cidrs: Vec<ipnet::IpNet>,
+}
+
+impl TrustedHop {
+    pub fn has_identities(&self) -> bool {
+        !(self.uri_sans.is_empty() && self.dns_sans.is_empty() && self.thumbprints.is_empty())
+    }
+}
+
+/// `client_certificate`: where a request's client certificate comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientCertificates {
+    pub sources: Vec<CertificateSource>,
+    /// The header of the `pem-header` source (lower case).
+    pub pem_header: Option<String>,
+    pub trusted_hop: TrustedHop,
+    /// Pass a trusted hop's certificate headers on to the upstream (else they are removed).
+    pub forward_headers: bool,
+}
+
+impl ClientCertificates {
+    /// Only the connection: today's behaviour, and the default.
+    pub fn connection_only(&self) -> bool {
+        self.sources == [CertificateSource::Connection]
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -157,6 +252,7 @@ pub struct Config {
     pub max_token_length: usize,
     pub introspection: Introspection,
     pub cache: CacheSettings,
+    pub client_certificate: ClientCertificates,
     /// (claim name, lower-case header name), in a stable order.
     pub claim_headers: Vec<(String, String)>,
     /// The policy of requests that match no route; `None` refuses them (`"deny"`).

@@ -20,6 +20,7 @@ struct RawConfig {
     introspection: Option<Value>,
     jwt: Option<Value>,
     cache: Option<Value>,
+    client_certificate: Option<Value>,
     #[serde(default)]
     claim_headers: BTreeMap<String, String>,
     default_policy: Option<Value>,
@@ -84,6 +85,8 @@ struct RawPolicy {
     require_binding: Option<bool>,
     #[serde(default)]
     allowed_client_ids: Vec<String>,
+    client_certificate: Option<String>,
+    allowed_certificates: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -92,11 +95,55 @@ struct RawRoute {
     path_prefix: Option<String>,
     #[serde(default)]
     methods: Vec<String>,
+    // The fields of `RawPolicy` (serde's `flatten` does not work with `deny_unknown_fields`).
     #[serde(default)]
     required_scopes: Vec<String>,
     require_binding: Option<bool>,
     #[serde(default)]
     allowed_client_ids: Vec<String>,
+    client_certificate: Option<String>,
+    allowed_certificates: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawClientCertificate {
+    sources: Option<Vec<String>>,
+    pem_header: Option<String>,
+    trusted_hop: Option<Value>,
+    forward_headers: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTrustedHop {
+    #[serde(default)]
+    uri_sans: Vec<String>,
+    #[serde(default)]
+    dns_sans: Vec<String>,
+    #[serde(default)]
+    thumbprints: Vec<String>,
+    #[serde(default)]
+    cidrs: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCertificateRules {
+    #[serde(default)]
+    thumbprints: Vec<String>,
+    #[serde(default)]
+    subjects: Vec<String>,
+    #[serde(default)]
+    issuers: Vec<String>,
+    #[serde(default)]
+    dns_sans: Vec<String>,
+    #[serde(default)]
+    uri_sans: Vec<String>,
+    #[serde(default)]
+    ip_sans: Vec<String>,
+    #[serde(default)]
+    email_sans: Vec<String>,
 }
 
 /// A configuration error; the message starts with the field it is about.
@@ -146,12 +193,17 @@ pub fn parse_with_env(raw: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Resul
     };
     let introspection = introspection(i, c.jwt, env)?;
     let fingerprint = fingerprint(raw, &introspection.client_secret);
+    let claim_headers = claim_headers(c.claim_headers)?;
     Ok(Config {
         realm: realm(c.realm)?,
         max_token_length: max_token_length(c.max_token_length)?,
         introspection,
         cache: cache(section(c.cache, "cache")?.unwrap_or_default())?,
-        claim_headers: claim_headers(c.claim_headers)?,
+        client_certificate: client_certificate(
+            section(c.client_certificate, "client_certificate")?.unwrap_or_default(),
+            &claim_headers,
+        )?,
+        claim_headers,
         default_policy: default_policy(c.default_policy)?,
         routes: routes(c.routes)?,
         fingerprint,
@@ -447,13 +499,7 @@ fn default_policy(value: Option<Value>) -> Result<Option<Policy>> {
         };
     }
     let dp: RawPolicy = section(value, "default_policy")?.unwrap_or_default();
-    policy(
-        dp.required_scopes,
-        dp.require_binding,
-        dp.allowed_client_ids,
-        "default_policy",
-    )
-    .map(Some)
+    policy(dp, "default_policy").map(Some)
 }
 
 fn routes(list: Vec<Value>) -> Result<Vec<Route>> {
@@ -478,15 +524,17 @@ fn routes(list: Vec<Value>) -> Result<Vec<Route>> {
                 );
             }
         }
+        let p = RawPolicy {
+            required_scopes: r.required_scopes,
+            require_binding: r.require_binding,
+            allowed_client_ids: r.allowed_client_ids,
+            client_certificate: r.client_certificate,
+            allowed_certificates: r.allowed_certificates,
+        };
         routes.push(Route {
             path_prefix,
             methods: r.methods,
-            policy: policy(
-                r.required_scopes,
-                r.require_binding,
-                r.allowed_client_ids,
-                &field,
-            )?,
+            policy: policy(p, &field)?,
         });
     }
     Ok(routes)
@@ -599,16 +647,251 @@ fn scopes(list: Vec<String>, field: &str) -> Result<Vec<String>> {
     Ok(list)
 }
 
-fn policy(
-    required_scopes: Vec<String>,
-    require_binding: Option<bool>,
-    allowed_client_ids: Vec<String>,
-    field: &str,
-) -> Result<Policy> {
+fn policy(p: RawPolicy, field: &str) -> Result<Policy> {
+    let require_binding = p.require_binding.unwrap_or(true);
+    // Unset, a certificate is required where the token must be bound to one, as before.
+    let certificate_required = match (p.client_certificate.as_deref(), p.require_binding) {
+        (None, _) => require_binding,
+        (Some("required"), _) => true,
+        (Some("optional"), Some(true)) => {
+            return err(
+                &format!("{field}.client_certificate"),
+                "optional contradicts require_binding true (a request without a certificate \
+                 could never pass): set require_binding false",
+            )
+        }
+        (Some("optional"), _) => false,
+        (Some(_), _) => {
+            return err(
+                &format!("{field}.client_certificate"),
+                "must be required or optional",
+            )
+        }
+    };
+    let require_binding = require_binding && certificate_required;
+    let rules_field = format!("{field}.allowed_certificates");
+    let certificate_rules =
+        match section::<RawCertificateRules>(p.allowed_certificates, &rules_field)? {
+            Some(r) => Some(Rc::new(certificate_rules(r, &rules_field)?)),
+            None => None,
+        };
     Ok(Policy {
-        required_scopes: scopes(required_scopes, &format!("{field}.required_scopes"))?,
-        require_binding: require_binding.unwrap_or(true),
-        allowed_client_ids,
+        required_scopes: scopes(p.required_scopes, &format!("{field}.required_scopes"))?,
+        require_binding,
+        allowed_client_ids: p.allowed_client_ids,
+        certificate_required,
+        certificate_rules,
+    })
+}
+
+/// `allowed_certificates`: at least one list, every entry well formed.
+fn certificate_rules(r: RawCertificateRules, field: &str) -> Result<CertificateRules> {
+    let names = |list: Vec<String>, name: &str, lower: bool| -> Result<Vec<String>> {
+        if list
+            .iter()
+            .any(|s| s.is_empty() || s.chars().any(char::is_control))
+        {
+            return err(
+                &format!("{field}.{name}"),
+                "entries must be non-empty, without control characters",
+            );
+        }
+        Ok(match lower {
+            true => list.iter().map(|s| s.to_ascii_lowercase()).collect(),
+            false => list,
+        })
+    };
+    let mut ip_sans = Vec::new();
+    for ip in &r.ip_sans {
+        match ip.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip_sans.push(ip),
+            Err(_) => return err(&format!("{field}.ip_sans"), "entries must be IP addresses"),
+        }
+    }
+    let rules = CertificateRules {
+        thumbprints: thumbprints(&r.thumbprints, &format!("{field}.thumbprints"))?,
+        subjects: names(r.subjects, "subjects", false)?,
+        issuers: names(r.issuers, "issuers", false)?,
+        dns_sans: names(r.dns_sans, "dns_sans", true)?,
+        uri_sans: names(r.uri_sans, "uri_sans", false)?,
+        ip_sans,
+        email_sans: names(r.email_sans, "email_sans", true)?,
+    };
+    if rules.thumbprints.is_empty() && !rules.need_certificate() {
+        return err(field, "must list at least one rule (thumbprints, subjects, issuers, dns_sans, uri_sans, ip_sans, email_sans)");
+    }
+    Ok(rules)
+}
+
+/// `x5t#S256` values: 43 characters of base64url without padding, canonical.
+fn thumbprints(list: &[String], field: &str) -> Result<Vec<[u8; 32]>> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let mut out = Vec::new();
+    for t in list {
+        let decoded = URL_SAFE_NO_PAD
+            .decode(t)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .filter(|b| URL_SAFE_NO_PAD.encode(b) == *t);
+        match decoded {
+            Some(b) => out.push(b),
+            None => return err(
+                field,
+                "entries must be x5t#S256 values (SHA-256 of the DER, 43 characters of base64url)",
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// The certificate headers certbound reads; a `pem_header` may not be one of them.
+const CERTIFICATE_HEADERS: [&str; 3] = [
+    "x-forwarded-client-cert",
+    "client-cert",
+    "client-cert-chain",
+];
+
+/// `client_certificate`: the sources in order, and for a header source who is believed.
+fn client_certificate(
+    c: RawClientCertificate,
+    claim_headers: &[(String, String)],
+) -> Result<ClientCertificates> {
+    const FIELD: &str = "client_certificate";
+    let mut sources = Vec::new();
+    for name in c.sources.unwrap_or_else(|| vec!["connection".to_string()]) {
+        let source = match name.as_str() {
+            "connection" => CertificateSource::Connection,
+            "xfcc" => CertificateSource::Xfcc,
+            "client-cert" => CertificateSource::ClientCert,
+            "pem-header" => CertificateSource::PemHeader,
+            _ => {
+                return err(
+                    "client_certificate.sources",
+                    "sources are connection, xfcc, client-cert and pem-header",
+                )
+            }
+        };
+        if sources.contains(&source) {
+            return err("client_certificate.sources", "names a source twice");
+        }
+        sources.push(source);
+    }
+    if sources.is_empty() {
+        return err(
+            "client_certificate.sources",
+            "must list at least one source",
+        );
+    }
+    let from_headers = sources.iter().any(|s| *s != CertificateSource::Connection);
+    let pem_header = match (
+        c.pem_header,
+        sources.contains(&CertificateSource::PemHeader),
+    ) {
+        (None, true) => {
+            return err(
+                "client_certificate.pem_header",
+                "is required with the pem-header source",
+            )
+        }
+        (Some(_), false) => {
+            return err(
+                "client_certificate.pem_header",
+                "is only used by the pem-header source",
+            )
+        }
+        (Some(h), true) => {
+            let h = header_name(&h, "client_certificate.pem_header")?;
+            if CERTIFICATE_HEADERS.contains(&h.as_str()) {
+                return err(
+                    "client_certificate.pem_header",
+                    "names a header of another source (xfcc, client-cert)",
+                );
+            }
+            if claim_headers.iter().any(|(_, c)| *c == h) {
+                return err(
+                    "client_certificate.pem_header",
+                    "names a header certbound sets (claim_headers)",
+                );
+            }
+            Some(h)
+        }
+        (None, false) => None,
+    };
+    let trusted_hop =
+        match (
+            section::<RawTrustedHop>(c.trusted_hop, "client_certificate.trusted_hop")?,
+            from_headers,
+        ) {
+            (Some(_), false) => {
+                return err(
+                    "client_certificate.trusted_hop",
+                    "is only used with a header source (xfcc, client-cert, pem-header)",
+                )
+            }
+            (None, true) => return err(
+                "client_certificate.trusted_hop",
+                "is required with a header source: a certificate header is believed only from a \
+                 trusted hop (uri_sans, dns_sans, thumbprints and/or cidrs)",
+            ),
+            (Some(t), true) => trusted_hop(t)?,
+            (None, false) => TrustedHop::default(),
+        };
+    if from_headers && !trusted_hop.has_identities() && trusted_hop.cidrs.is_empty() {
+        return err(
+            "client_certificate.trusted_hop",
+            "must name the hop: uri_sans, dns_sans, thumbprints and/or cidrs",
+        );
+    }
+    let forward_headers = match (c.forward_headers, from_headers) {
+        (Some(_), false) => {
+            return err(
+                &format!("{FIELD}.forward_headers"),
+                "is only used with a header source",
+            )
+        }
+        (f, _) => f.unwrap_or(false),
+    };
+    Ok(ClientCertificates {
+        sources,
+        pem_header,
+        trusted_hop,
+        forward_headers,
+    })
+}
+
+fn trusted_hop(t: RawTrustedHop) -> Result<TrustedHop> {
+    const FIELD: &str = "client_certificate.trusted_hop";
+    let plain = |list: &[String], name: &str| -> Result<()> {
+        if list
+            .iter()
+            .any(|s| s.is_empty() || s.chars().any(char::is_control))
+        {
+            return err(
+                &format!("{FIELD}.{name}"),
+                "entries must be non-empty, without control characters",
+            );
+        }
+        Ok(())
+    };
+    plain(&t.uri_sans, "uri_sans")?;
+    plain(&t.dns_sans, "dns_sans")?;
+    let mut cidrs = Vec::new();
+    for c in &t.cidrs {
+        match c.parse::<ipnet::IpNet>() {
+            // A block written with host bits (10.0.0.1/8) is refused: it reads like one address.
+            Ok(net) if net.trunc() == net => cidrs.push(net),
+            _ => return err(
+                &format!("{FIELD}.cidrs"),
+                "entries must be CIDR blocks without host bits, like 10.0.0.0/8 or 127.0.0.2/32",
+            ),
+        }
+    }
+    Ok(TrustedHop {
+        uri_sans: t.uri_sans,
+        dns_sans: t.dns_sans.iter().map(|s| s.to_ascii_lowercase()).collect(),
+        thumbprints: thumbprints(&t.thumbprints, &format!("{FIELD}.thumbprints"))?,
+        cidrs,
     })
 }
 

@@ -31,6 +31,8 @@ pub struct EnvoyOpts {
     pub listener_from_file: bool,
     /// The wasm VM's environment (`vm_config.environment_variables.key_values`).
     pub vm_env: Vec<(String, String)>,
+    /// Fields merged into the HTTP connection manager (`forward_client_cert_details`, ...).
+    pub hcm: Value,
 }
 
 /// Where Envoy downloads the module: `http://127.0.0.1:<port>/certbound.wasm` through a cluster
@@ -53,6 +55,7 @@ impl EnvoyOpts {
             concurrency: 1,
             listener_from_file: false,
             vm_env: Vec::new(),
+            hcm: Value::Null,
         }
     }
 
@@ -385,10 +388,17 @@ fn listener(opts: &EnvoyOpts, listener_port: u16) -> Value {
         })
         .collect();
     let tls = envoy_config::downstream_tls(&certs_dir(), opts.require_client_certificate);
-    envoy_config::api_listener(
+    let mut listener = envoy_config::api_listener(
         listener_port,
         tls,
         envoy_config::routes_to("upstream"),
         http_filters,
-    )
+    );
+    if let Value::Object(fields) = &opts.hcm {
+        let hcm = &mut listener["filter_chains"][0]["filters"][0]["typed_config"];
+        for (k, v) in fields {
+            hcm[k] = v.clone();
+        }
+    }
+    listener
 }

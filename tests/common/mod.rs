@@ -188,6 +188,22 @@ pub fn mtls_client_builder(
     builder
 }
 
+/// `client`, with its connections from `local` (a loopback address such as 127.0.0.2).
+pub fn client_from(
+    listener_port: u16,
+    cert_name: Option<&str>,
+    local: std::net::IpAddr,
+) -> reqwest::blocking::Client {
+    let dir = certs_dir();
+    let files = cert_name.map(|n| (dir.join(format!("{n}.pem")), dir.join(format!("{n}.key"))));
+    let identity = files.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+    mtls_client_builder(&[("api.example.com", listener_port)], identity)
+        .local_address(local)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("HTTPS client")
+}
+
 /// A client for `https://api.example.com:<port>` presenting `CERTS_DIR/<cert_name>.pem` + `.key`
 /// if given.
 pub fn client(listener_port: u16, cert_name: Option<&str>) -> reqwest::blocking::Client {

@@ -349,6 +349,126 @@ fn every_bad_configuration_names_its_field() {
             |v| v["realm"] = json!(""),
             "realm: must be non-empty printable ASCII",
         ),
+        (
+            "json",
+            |v| v["client_certificate"] = json!({"sources": []}),
+            "client_certificate.sources: must list at least one source",
+        ),
+        (
+            "json",
+            |v| v["client_certificate"] = json!({"sources": ["header"]}),
+            "client_certificate.sources: sources are connection, xfcc",
+        ),
+        (
+            "json",
+            |v| v["client_certificate"] = json!({"sources": ["xfcc", "xfcc"], "trusted_hop": {"cidrs": ["10.0.0.0/8"]}}),
+            "client_certificate.sources: names a source twice",
+        ),
+        (
+            "json",
+            |v| v["client_certificate"] = json!({"sources": ["xfcc"]}),
+            "client_certificate.trusted_hop: is required with a header source",
+        ),
+        (
+            "json",
+            |v| v["client_certificate"] = json!({"sources": ["client-cert"], "trusted_hop": {}}),
+            "client_certificate.trusted_hop: must name the hop",
+        ),
+        (
+            "json",
+            |v| v["client_certificate"] = json!({"trusted_hop": {"cidrs": ["10.0.0.0/8"]}}),
+            "client_certificate.trusted_hop: is only used with a header source",
+        ),
+        (
+            "json",
+            |v| v["client_certificate"] = json!({"forward_headers": true}),
+            "client_certificate.forward_headers: is only used with a header source",
+        ),
+        (
+            "json",
+            |v| v["client_certificate"] = json!({"sources": ["pem-header"], "trusted_hop": {"cidrs": ["10.0.0.0/8"]}}),
+            "client_certificate.pem_header: is required with the pem-header source",
+        ),
+        (
+            "json",
+            |v| v["client_certificate"] = json!({"pem_header": "x-cert"}),
+            "client_certificate.pem_header: is only used by the pem-header source",
+        ),
+        (
+            "json",
+            |v| v["client_certificate"] = json!({"sources": ["pem-header"], "pem_header": "Client-Cert", "trusted_hop": {"cidrs": ["10.0.0.0/8"]}}),
+            "client_certificate.pem_header: names a header of another source",
+        ),
+        (
+            "json",
+            |v| v["client_certificate"] = json!({"sources": ["pem-header"], "pem_header": "bad header", "trusted_hop": {"cidrs": ["10.0.0.0/8"]}}),
+            "client_certificate.pem_header: is not a valid HTTP header name",
+        ),
+        (
+            "json",
+            |v| { v["claim_headers"] = json!({"sub": "x-cert"}); v["client_certificate"] = json!({"sources": ["pem-header"], "pem_header": "x-cert", "trusted_hop": {"cidrs": ["10.0.0.0/8"]}}) },
+            "client_certificate.pem_header: names a header certbound sets",
+        ),
+        (
+            "json",
+            |v| v["client_certificate"] = json!({"sources": ["xfcc"], "trusted_hop": {"cidrs": ["10.0.0.1/8"]}}),
+            "client_certificate.trusted_hop.cidrs: entries must be CIDR blocks",
+        ),
+        (
+            "json",
+            |v| v["client_certificate"] = json!({"sources": ["xfcc"], "trusted_hop": {"cidrs": ["10.0.0.0"]}}),
+            "client_certificate.trusted_hop.cidrs: entries must be CIDR blocks",
+        ),
+        (
+            "json",
+            |v| v["client_certificate"] = json!({"sources": ["xfcc"], "trusted_hop": {"thumbprints": ["abc"]}}),
+            "client_certificate.trusted_hop.thumbprints: entries must be x5t#S256 values",
+        ),
+        (
+            "json",
+            |v| v["client_certificate"] = json!({"sources": ["xfcc"], "trusted_hop": {"uri_sans": [""]}}),
+            "client_certificate.trusted_hop.uri_sans: entries must be non-empty",
+        ),
+        (
+            "json",
+            |v| v["client_certificate"] = json!({"sources": ["xfcc"], "trusted_hop": {"spiffe": ["x"]}}),
+            "client_certificate.trusted_hop: unknown field `spiffe`",
+        ),
+        (
+            "json",
+            |v| v["routes"] = json!([{"path_prefix": "/a", "client_certificate": "maybe"}]),
+            "routes[0].client_certificate: must be required or optional",
+        ),
+        (
+            "json",
+            |v| v["routes"] = json!([{"path_prefix": "/a", "client_certificate": "optional", "require_binding": true}]),
+            "routes[0].client_certificate: optional contradicts require_binding true",
+        ),
+        (
+            "json",
+            |v| v["routes"] = json!([{"path_prefix": "/a", "allowed_certificates": {}}]),
+            "routes[0].allowed_certificates: must list at least one rule",
+        ),
+        (
+            "json",
+            |v| v["routes"] = json!([{"path_prefix": "/a", "allowed_certificates": {"sans": ["x"]}}]),
+            "routes[0].allowed_certificates: unknown field `sans`",
+        ),
+        (
+            "json",
+            |v| v["routes"] = json!([{"path_prefix": "/a", "allowed_certificates": {"ip_sans": ["10.0.0.0/8"]}}]),
+            "routes[0].allowed_certificates.ip_sans: entries must be IP addresses",
+        ),
+        (
+            "json",
+            |v| v["routes"] = json!([{"path_prefix": "/a", "allowed_certificates": {"thumbprints": ["ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0"]}}]),
+            "routes[0].allowed_certificates.thumbprints: entries must be x5t#S256",
+        ),
+        (
+            "json",
+            |v| v["default_policy"] = json!({"allowed_certificates": {"subjects": ["CN=a\u{7}"]}}),
+            "default_policy.allowed_certificates.subjects: entries must be non-empty, without control characters",
+        ),
     ];
     for (format, edit, expected) in table {
         let mut v = minimal(format);
@@ -361,6 +481,45 @@ fn every_bad_configuration_names_its_field() {
         );
     }
     assert!(parse(b"not json").is_err());
+}
+
+#[test]
+fn client_certificate_sections_and_certificate_policies_get_their_defaults() {
+    let c = parse_value(&minimal("json")).unwrap();
+    assert_eq!(
+        c.client_certificate.sources,
+        [CertificateSource::Connection]
+    );
+    assert!(c.client_certificate.connection_only());
+    assert!(!c.client_certificate.forward_headers);
+    let mut v = minimal("json");
+    v["client_certificate"] = json!({"sources": ["xfcc", "connection"],
+        "trusted_hop": {"dns_sans": ["GateWay"], "cidrs": ["10.0.0.0/8", "::1/128"]}, "forward_headers": true});
+    v["routes"] = json!([
+        {"path_prefix": "/a"},
+        {"path_prefix": "/b", "require_binding": false},
+        {"path_prefix": "/c", "client_certificate": "optional"},
+        {"path_prefix": "/d", "client_certificate": "required", "require_binding": false,
+         "allowed_certificates": {"dns_sans": ["Partner.Example"], "ip_sans": ["::1"]}}
+    ]);
+    let c = parse_value(&v).unwrap();
+    let cc = &c.client_certificate;
+    assert_eq!(
+        cc.sources,
+        [CertificateSource::Xfcc, CertificateSource::Connection]
+    );
+    assert_eq!(cc.trusted_hop.dns_sans, ["gateway"]);
+    assert_eq!(cc.trusted_hop.cidrs.len(), 2);
+    assert!(cc.forward_headers);
+    let p = |i: usize| &c.routes[i].policy;
+    assert!(p(0).certificate_required && p(0).require_binding);
+    // Unset, a certificate is required where binding is: a route without binding takes none.
+    assert!(!p(1).certificate_required && !p(1).require_binding);
+    assert!(!p(2).certificate_required && !p(2).require_binding);
+    assert!(p(3).certificate_required && !p(3).require_binding);
+    let rules = p(3).certificate_rules.as_ref().unwrap();
+    assert_eq!(rules.dns_sans, ["partner.example"]);
+    assert!(rules.need_certificate());
 }
 
 #[test]
