@@ -47,7 +47,7 @@ NODE_HINT    := Install Node.js 20 or later with npm (Debian: apt-get install no
 CURL_HINT    := Install curl (Debian: apt-get install curl).
 COMPOSE_HINT := Install docker-compose (Debian: apt-get install docker-compose).
 
-.PHONY: check-build unit envoy-config envoy-compose help setup setup-rust-target setup-rust-components setup-compose setup-wasm-opt certs build api idsvr-deps \
+.PHONY: setup-terminators check-build unit envoy-config envoy-compose help setup setup-rust-target setup-rust-components setup-compose setup-wasm-opt certs build api idsvr-deps \
         validate compose-check test lint clean demo up down logs ports-free
 
 help: ## list the targets
@@ -182,7 +182,7 @@ compose-check: setup-compose ## validate docker-compose.yml with docker-compose 
 
 # The end-to-end tests (tests/e2e.rs) run the identity server with node, the API (debug build) and
 # Envoy through example/system.sh, on free ports.
-test: setup certs build check-build validate idsvr-deps envoy-config compose-check setup-dist check-wasmplugin ## unit, integration and end-to-end tests (real Envoy, the built wasm, the example certs, identity server and API)
+test: setup certs build check-build validate idsvr-deps envoy-config compose-check setup-dist check-wasmplugin setup-terminators ## unit, integration and end-to-end tests (real Envoy, the built wasm, the example certs, identity server and API)
 	@$(call require,curl,$(CURL_HINT))
 	cargo build -p $(API_PKG)
 	ENVOY_BIN=$(ENVOY) CERTBOUND_WASM=$(CURDIR)/$(WASM) CERTS_DIR=$(CERTS_DIR) API_BIN=$(API_DEBUG) \
@@ -297,6 +297,12 @@ DIST_HINT      := Install them (Debian: apt-get install skopeo docker-registry).
 
 # skopeo (an OCI client) and docker-registry (a real registry) for the registry round trip of
 # tests/distribution.rs; installed only when missing.
+TERMINATORS_HINT := Install them (Debian: apt-get install haproxy nginx-light).
+
+# HAProxy and nginx in front of the example system's sidecar (tests/e2e.rs, example/terminators/).
+setup-terminators:
+	@PATH="$$PATH:/usr/sbin"; $(call apt_install,haproxy nginx,haproxy nginx-light,$(TERMINATORS_HINT))
+
 setup-dist:
 	@$(call apt_install,skopeo docker-registry,skopeo docker-registry,$(DIST_HINT))
 

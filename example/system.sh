@@ -15,6 +15,8 @@
 #   CERTBOUND_RUN_DIR [.run]   logs, pids and the Envoy configurations as run (ports mapped)
 #   FRONT_PORT [8443]  IDSVR_PORT [8444]  API_PORT [8080]  ADMIN_PORT [9901]
 #   FORMATS_PORT [8445]  FORMATS_ADMIN_PORT [9902]   (envoy-formats, used by the tests)
+#   SIDECAR_PORT [8447]  SIDECAR_HAPROXY_PORT [8448]  SIDECAR_NGINX_PORT [8449]
+#   SIDECAR_ADMIN_PORT [9903]   (the inner proxy, envoy/envoy-sidecar.yaml)
 #   ENVOY_BIN [.venv/bin/envoy]  API_BIN [target/release/certbound-example-api]  NODE [node]
 #   ENVOY_CONFIG_BIN [target/debug/envoy-config]   the Envoy configuration generator (make envoy-config)
 #   CERTS_DIR [certs/out]  READY_TIMEOUT [90] seconds per service
@@ -35,13 +37,17 @@ API_PORT="${API_PORT:-8080}"
 ADMIN_PORT="${ADMIN_PORT:-9901}"
 FORMATS_PORT="${FORMATS_PORT:-8445}"
 FORMATS_ADMIN_PORT="${FORMATS_ADMIN_PORT:-9902}"
+SIDECAR_PORT="${SIDECAR_PORT:-8447}"
+SIDECAR_HAPROXY_PORT="${SIDECAR_HAPROXY_PORT:-8448}"
+SIDECAR_NGINX_PORT="${SIDECAR_NGINX_PORT:-8449}"
+SIDECAR_ADMIN_PORT="${SIDECAR_ADMIN_PORT:-9903}"
 ENVOY_BIN="$(abs "${ENVOY_BIN:-.venv/bin/envoy}")"
 API_BIN="$(abs "${API_BIN:-target/release/certbound-example-api}")"
 ENVOY_CONFIG_BIN="$(abs "${ENVOY_CONFIG_BIN:-target/debug/envoy-config}")"
 NODE="${NODE:-node}"
 CERTS_DIR="$(abs "${CERTS_DIR:-certs/out}")"
 READY_TIMEOUT="${READY_TIMEOUT:-90}"
-SERVICES=(idsvr api envoy envoy-formats)
+SERVICES=(idsvr api sidecar envoy envoy-formats)
 
 say() { echo "system: $*"; }
 die() { echo "system: error: $*" >&2; exit 1; }
@@ -77,6 +83,7 @@ service_port() {
     idsvr) echo "$IDSVR_PORT" ;;
     api) echo "$API_PORT" ;;
     envoy) echo "$FRONT_PORT $ADMIN_PORT" ;;
+    sidecar) echo "$SIDECAR_PORT $SIDECAR_HAPROXY_PORT $SIDECAR_NGINX_PORT $SIDECAR_ADMIN_PORT" ;;
     envoy-formats) echo "$FORMATS_PORT $FORMATS_ADMIN_PORT" ;;
   esac
 }
@@ -116,7 +123,7 @@ require_tools() { # services...
           die "example/idsvr/node_modules is missing: run 'npm ci' in example/idsvr (make demo does it)"
         ;;
       api) [[ -x "$API_BIN" ]] || die "the API binary $API_BIN is missing: run 'cargo build --release -p certbound-example-api' (make demo does it)" ;;
-      envoy | envoy-formats)
+      envoy | envoy-formats | sidecar)
         [[ -x "$ENVOY_BIN" ]] || die "Envoy not found at $ENVOY_BIN: run 'make setup'"
         [[ -x "$ENVOY_CONFIG_BIN" ]] || die "the Envoy configuration generator is not built at $ENVOY_CONFIG_BIN: run 'make envoy-config'"
         [[ -f target/wasm32-wasip1/release/certbound.wasm ]] || die "the filter is not built: run 'make build'"
@@ -133,7 +140,9 @@ require_tools() { # services...
 render_envoy() { # source destination
   "$ENVOY_CONFIG_BIN" front-proxy "$1" \
     --port "8443=$FRONT_PORT" --port "8444=$IDSVR_PORT" --port "8080=$API_PORT" \
-    --port "9901=$ADMIN_PORT" --port "8445=$FORMATS_PORT" --port "9902=$FORMATS_ADMIN_PORT" >"$2"
+    --port "9901=$ADMIN_PORT" --port "8445=$FORMATS_PORT" --port "9902=$FORMATS_ADMIN_PORT" \
+    --port "8447=$SIDECAR_PORT" --port "8448=$SIDECAR_HAPROXY_PORT" --port "8449=$SIDECAR_NGINX_PORT" \
+    --port "9903=$SIDECAR_ADMIN_PORT" >"$2"
 }
 
 # This installation's introspection client secret: INTROSPECT_CLIENT_SECRET if set, else the one
@@ -167,9 +176,10 @@ launch() { # service
           exec "$API_BIN"
       ) >>"$log" 2>&1 </dev/null &
       ;;
-    envoy | envoy-formats)
+    envoy | envoy-formats | sidecar)
       local src="envoy/envoy.yaml" admin="$ADMIN_PORT"
       [[ "$s" == envoy-formats ]] && src="envoy/envoy-formats.yaml" admin="$FORMATS_ADMIN_PORT"
+      [[ "$s" == sidecar ]] && src="envoy/envoy-sidecar.yaml" admin="$SIDECAR_ADMIN_PORT"
       render_envoy "$src" "$RUN_DIR/$s.yaml" || die "cannot render $src (the generator said why, above)"
       (
         # The filter reads the introspection client's secret from its VM's environment
@@ -197,6 +207,7 @@ is_ready() { # service
       ;;
     envoy) [[ "$(curl -sS --max-time 2 "http://127.0.0.1:$ADMIN_PORT/ready" 2>/dev/null)" == LIVE ]] ;;
     envoy-formats) [[ "$(curl -sS --max-time 2 "http://127.0.0.1:$FORMATS_ADMIN_PORT/ready" 2>/dev/null)" == LIVE ]] ;;
+    sidecar) [[ "$(curl -sS --max-time 2 "http://127.0.0.1:$SIDECAR_ADMIN_PORT/ready" 2>/dev/null)" == LIVE ]] ;;
   esac
 }
 
@@ -270,10 +281,10 @@ stop() { # service
 
 up() {
   mkdir -p "$RUN_DIR"
-  require_tools idsvr api envoy
-  check_ports idsvr api envoy
+  require_tools idsvr api sidecar envoy
+  check_ports idsvr api sidecar envoy
   local s
-  for s in idsvr api envoy; do
+  for s in idsvr api sidecar envoy; do
     start "$s" || { down; die "the system did not start (see above)"; }
   done
   say "up: https://login.example.com:$FRONT_PORT and https://api.example.com:$FRONT_PORT on 127.0.0.1;" \
@@ -315,7 +326,7 @@ nothing_running() {
 
 demo() {
   nothing_running
-  check_ports idsvr api envoy
+  check_ports idsvr api sidecar envoy
   trap 'down' EXIT
   trap 'exit 130' INT TERM
   up
@@ -332,7 +343,7 @@ case "$cmd" in
   demo) demo ;;
   status) status ;;
   logs) logs "${2:-}" ;;
-  check-ports) nothing_running && check_ports idsvr api envoy ;;
+  check-ports) nothing_running && check_ports idsvr api sidecar envoy ;;
   start | stop | wait)
     [[ $# -eq 2 ]] || usage
     case "$cmd" in

@@ -63,6 +63,11 @@ impl Thumbprint {
         (t.to_x5t() == x5t).then_some(t)
     }
 
+    /// Lower-case hex, as Envoy writes a digest (and XFCC's `Hash`).
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     pub fn to_x5t(&self) -> String {
         URL_SAFE_NO_PAD.encode(self.0)
     }

@@ -86,9 +86,10 @@ impl CallAnswer {
 /// The end of one request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
-    /// Forward it, with `header_writes` of this entry (always an active token), and without the
-    /// request headers named in the list (spellings of headers the upstream believes).
-    Allow(Rc<Entry>, Vec<String>),
+    /// Forward it, with `header_writes` of this entry (always an active token), without the
+    /// request headers named in the list (spellings of headers the upstream believes), and with
+    /// `x-forwarded-client-cert` set to this value (`client_certificate.forward_xfcc_hash`).
+    Allow(Rc<Entry>, Vec<String>, Option<String>),
     /// Reply locally; nothing more is done for the request.
     Deny(Denial),
 }
@@ -489,11 +490,12 @@ fn is_spoofable(cfg: &Config, name: &[u8]) -> bool {
 
 /// The request headers an allow writes: `Authorization` (when the format forwards a JWT), then
 /// every claim header, set from the token or removed (a client's copy never passes), then the
-/// removal of every spoofable header the client sent.
+/// removal of every spoofable header the client sent, then `x-forwarded-client-cert` when set.
 pub fn header_writes<'a>(
     cfg: &'a Config,
     entry: &'a Entry,
     strip: &'a [String],
+    xfcc: Option<&'a str>,
 ) -> impl Iterator<Item = (&'a str, Option<&'a str>)> {
     let token = match &entry.state {
         TokenState::Active(t) => Some(t),
@@ -512,7 +514,12 @@ pub fn header_writes<'a>(
         (name.as_str(), value)
     });
     let stripped = strip.iter().map(|name| (name.as_str(), None));
-    authorization.into_iter().chain(claims).chain(stripped)
+    let xfcc = xfcc.map(|v| ("x-forwarded-client-cert", Some(v)));
+    authorization
+        .into_iter()
+        .chain(claims)
+        .chain(stripped)
+        .chain(xfcc)
 }
 
 fn on_introspection(
@@ -793,7 +800,11 @@ fn decide(cfg: &Config, st: &mut State, entry: &Rc<Entry>, w: &Waiter) -> Verdic
     match decision::decide(&entry.state, w.thumbprint.as_ref(), policy) {
         Ok(_) => {
             st.tally.count(Metric::Allowed);
-            Verdict::Allow(entry.clone(), w.strip.clone())
+            let xfcc = match (cfg.client_certificate.forward_xfcc_hash, &w.thumbprint) {
+                (true, Some(t)) => Some(format!("Hash={}", t.to_hex())),
+                _ => None,
+            };
+            Verdict::Allow(entry.clone(), w.strip.clone(), xfcc)
         }
         Err(reason) => {
             let jti = match &entry.state {

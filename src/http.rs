@@ -264,8 +264,9 @@ impl<H: Host> Http<H> {
     /// Carries out one verdict on the current context: header writes, or the local reply.
     fn apply(&self, worker: &Worker, verdict: &Verdict) -> Action {
         match verdict {
-            Verdict::Allow(entry, strip) => {
-                for (name, value) in flow::header_writes(&worker.config, entry, strip) {
+            Verdict::Allow(entry, strip, xfcc) => {
+                let xfcc = xfcc.as_deref();
+                for (name, value) in flow::header_writes(&worker.config, entry, strip, xfcc) {
                     self.host.set_request_header(name, value);
                 }
                 Action::Continue

@@ -12,6 +12,8 @@ mod common;
 mod partner;
 #[path = "e2e/system.rs"]
 mod system;
+#[path = "e2e/terminators.rs"]
+mod terminators;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -59,7 +61,7 @@ fn assert_denied(a: &Answer, status: u16, error: &str, what: &str) {
 fn example_system_end_to_end() {
     let started = Instant::now();
     let system = System::new();
-    for service in ["idsvr", "api", "envoy", "envoy-formats"] {
+    for service in ["idsvr", "api", "sidecar", "envoy", "envoy-formats"] {
         system.start(service, &[]);
     }
     let ports = system.ports;
@@ -103,6 +105,9 @@ fn example_system_end_to_end() {
     // The API past the gateway: only the gateway's certificate gets in, and behind that the token
     // must be bound to the certificate the gateway forwards.
     the_api_accepts_only_the_gateway(&system, &partner);
+
+    // Where the partner's TLS ends elsewhere: an Istio-style gateway, HAProxy, nginx.
+    behind_other_terminators(&system, &partner, &other_partner);
 
     // 3. No client certificate: the TLS handshake is refused.
     let token = partner.token("partner-client", "transactions");
@@ -213,6 +218,142 @@ fn example_system_end_to_end() {
     );
 
     println!("end-to-end scenarios passed in {:?}", started.elapsed());
+}
+
+/// The three topologies where certbound is not where the partner's TLS ends, each with real
+/// proxies: the front proxy as an Istio ingress gateway (api-mesh) before the sidecar, HAProxy
+/// sending RFC 9440 Client-Cert, nginx sending a URL-encoded PEM. For each: the partner's call
+/// succeeds; a stolen token with another partner's certificate is refused; that partner forging
+/// the header through the terminator gains nothing; and going straight to the inner proxy with
+/// forged headers gets nowhere. None of the refusals reaches the API.
+fn behind_other_terminators(system: &System, partner: &Partner, thief: &Partner) {
+    use base64::Engine;
+    let ports = system.ports;
+    let _haproxy = terminators::Terminator::haproxy(ports, &system.run_dir);
+    let _nginx = terminators::Terminator::nginx(ports, &system.run_dir);
+    let token = partner.token("partner-client", "transactions");
+    let pem = std::fs::read_to_string(common::certs_dir().join("example.client.pem")).unwrap();
+    let der = {
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap()
+    };
+    let victim_xfcc = format!("Hash={}", xfcc_hash("example.client"));
+    let victim_client_cert = format!(
+        ":{}:",
+        base64::engine::general_purpose::STANDARD.encode(&der)
+    );
+    let victim_pem: String = pem
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    for (host, header, forged) in [
+        (
+            "api-mesh.example.com",
+            "x-forwarded-client-cert",
+            victim_xfcc.as_str(),
+        ),
+        (
+            "api-haproxy.example.com",
+            "client-cert",
+            victim_client_cert.as_str(),
+        ),
+        (
+            "api-nginx.example.com",
+            "x-client-cert",
+            victim_pem.as_str(),
+        ),
+    ] {
+        let r = partner.create(host, &token, 7);
+        assert_eq!(r.status, 201, "{host}: the partner's call: {r:?}");
+        let r = without_reaching_the_api(system, host, || thief.create(host, &token, 8));
+        assert_denied(&r, 401, "invalid_token", &format!("{host}: a stolen token"));
+        let r = without_reaching_the_api(system, host, || {
+            thief
+                .call(
+                    "POST",
+                    host,
+                    Some(&token),
+                    &[(header, forged)],
+                    Some("{\"amount\": 9}"),
+                )
+                .unwrap()
+        });
+        assert_denied(
+            &r,
+            401,
+            "invalid_token",
+            &format!("{host}: a forged {header}"),
+        );
+    }
+    // Straight to the inner proxy, past the terminators, with the victim's certificate forged.
+    let direct = |port: u16, cert: Option<&str>| {
+        let dir = common::certs_dir();
+        let files = cert.map(|c| (dir.join(format!("{c}.pem")), dir.join(format!("{c}.key"))));
+        let identity = files.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+        common::mtls_client_builder(&[("api.example.com", port)], identity)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    };
+    let post = |client: &reqwest::blocking::Client, url: String, header: &str, value: &str| {
+        client
+            .post(url)
+            .header("authorization", format!("Bearer {token}"))
+            .header(header, value)
+            .header("content-type", "application/json")
+            .body("{\"amount\": 10}")
+            .send()
+    };
+    let mesh = format!("https://api.example.com:{}/api/transactions", ports.sidecar);
+    for cert in [Some("example.client2"), Some("example.client"), None] {
+        let r = without_reaching_the_api(system, "straight to the sidecar", || {
+            post(
+                &direct(ports.sidecar, cert),
+                mesh.clone(),
+                "x-forwarded-client-cert",
+                &victim_xfcc,
+            )
+        });
+        assert!(
+            r.is_err(),
+            "the sidecar takes the gateway's certificate only ({cert:?}): {r:?}"
+        );
+    }
+    let r = without_reaching_the_api(system, "straight past HAProxy", || {
+        let url = format!(
+            "http://127.0.0.1:{}/api/transactions",
+            ports.sidecar_haproxy
+        );
+        post(
+            &system::plain_client(),
+            url,
+            "client-cert",
+            &victim_client_cert,
+        )
+        .unwrap()
+    });
+    assert_eq!(r.status().as_u16(), 401, "{r:?}");
+    let nginx_inner = format!(
+        "https://api.example.com:{}/api/transactions",
+        ports.sidecar_nginx
+    );
+    let r = without_reaching_the_api(system, "straight past nginx", || {
+        post(
+            &direct(ports.sidecar_nginx, Some("example.client2")),
+            nginx_inner,
+            "x-client-cert",
+            &victim_pem,
+        )
+        .unwrap()
+    });
+    assert_eq!(r.status().as_u16(), 401, "{r:?}");
 }
 
 /// The SHA-256 of `CERTS_DIR/<stem>.pem` in hex, as Envoy writes it in x-forwarded-client-cert.

@@ -229,6 +229,9 @@ pub struct ClientCertificates {
     pub trusted_hop: TrustedHop,
     /// Pass a trusted hop's certificate headers on to the upstream (else they are removed).
     pub forward_headers: bool,
+    /// On allow, set `x-forwarded-client-cert: Hash=<hex>` to the certificate the request was
+    /// checked with (whatever its source), replacing any other.
+    pub forward_xfcc_hash: bool,
 }
 
 impl ClientCertificates {

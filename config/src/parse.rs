@@ -112,6 +112,7 @@ struct RawClientCertificate {
     pem_header: Option<String>,
     trusted_hop: Option<Value>,
     forward_headers: Option<bool>,
+    forward_xfcc_hash: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -857,6 +858,7 @@ fn client_certificate(
         pem_header,
         trusted_hop,
         forward_headers,
+        forward_xfcc_hash: c.forward_xfcc_hash.unwrap_or(false),
     })
 }
 

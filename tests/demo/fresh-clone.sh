@@ -5,7 +5,7 @@
 # leave no pid file, no process and no listening port behind. Then the end state of the race that
 # failed a first run once (issue 13: a service that exits while `stop` kills it): stopping a service
 # whose process is already gone must exit 0 and remove its pid file.
-# Uses the demo's default ports (8443 8444 8080 9901): they must be free.
+# Uses the demo's default ports (8443 8444 8080 9901, the sidecar's 8447 8448 8449 9903): they must be free.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -19,7 +19,7 @@ git clone -q "$repo" "$clone"
 cd "$clone"
 say "fresh clone of $(git rev-parse --short HEAD) in $clone"
 
-ports=(8443 8444 8080 9901)
+ports=(8443 8444 8080 9901 8447 8448 8449 9903)
 listening() { ss -Hltn 2>/dev/null | awk '{print $4}' | grep -Eq ":$1\$"; }
 left_behind() {
   local p

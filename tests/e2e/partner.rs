@@ -11,13 +11,17 @@ use super::common::{self, certs_dir};
 use super::system::Ports;
 
 /// The host names of the example, each with the port of the front proxy that serves it.
-fn hosts(ports: &Ports) -> [(&'static str, u16); 5] {
+fn hosts(ports: &Ports) -> [(&'static str, u16); 8] {
     [
         ("login.example.com", ports.front),
         ("api.example.com", ports.front),
         ("api-selfsigned.example.com", ports.front),
         ("api-json.example.com", ports.formats),
         ("api-introspection-jwt.example.com", ports.formats),
+        ("api-mesh.example.com", ports.front),
+        // HAProxy and nginx present *.example.com too.
+        ("api-haproxy.example.com", ports.haproxy),
+        ("api-nginx.example.com", ports.nginx),
     ]
 }
 

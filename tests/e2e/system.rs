@@ -34,6 +34,13 @@ pub struct Ports {
     pub formats: u16,
     pub formats_admin: u16,
     pub api_admin: u16,
+    pub sidecar: u16,
+    pub sidecar_haproxy: u16,
+    pub sidecar_nginx: u16,
+    pub sidecar_admin: u16,
+    /// HAProxy and nginx in front of the sidecar (tests/e2e/terminators.rs).
+    pub haproxy: u16,
+    pub nginx: u16,
 }
 
 pub struct System {
@@ -83,6 +90,12 @@ impl System {
             formats: free_port(),
             formats_admin: free_port(),
             api_admin: free_port(),
+            sidecar: free_port(),
+            sidecar_haproxy: free_port(),
+            sidecar_nginx: free_port(),
+            sidecar_admin: free_port(),
+            haproxy: free_port(),
+            nginx: free_port(),
         };
         let run_dir = std::env::temp_dir().join(format!("certbound-e2e-{}", std::process::id()));
         let _ = fs::remove_dir_all(&run_dir);
@@ -98,6 +111,10 @@ impl System {
             ("FORMATS_PORT".into(), s(&ports.formats)),
             ("FORMATS_ADMIN_PORT".into(), s(&ports.formats_admin)),
             ("API_ADMIN_PORT".into(), s(&ports.api_admin)),
+            ("SIDECAR_PORT".into(), s(&ports.sidecar)),
+            ("SIDECAR_HAPROXY_PORT".into(), s(&ports.sidecar_haproxy)),
+            ("SIDECAR_NGINX_PORT".into(), s(&ports.sidecar_nginx)),
+            ("SIDECAR_ADMIN_PORT".into(), s(&ports.sidecar_admin)),
             ("ENVOY_BIN".into(), s(&envoy.display())),
             ("API_BIN".into(), s(&api.display())),
             ("CERTS_DIR".into(), s(&certs_dir().display())),

@@ -169,21 +169,26 @@ pub enum Target {
 }
 
 /// The default ports of `envoy/envoy.yaml` and `envoy/envoy-formats.yaml`, by what they are.
-pub const DEFAULT_PORTS: [(&str, u16); 6] = [
+pub const DEFAULT_PORTS: [(&str, u16); 10] = [
     ("front", 8443),
     ("idsvr", 8444),
     ("api", 8080),
     ("admin", 9901),
     ("formats", 8445),
     ("formats-admin", 9902),
+    ("sidecar", 8447),
+    ("sidecar-haproxy", 8448),
+    ("sidecar-nginx", 8449),
+    ("sidecar-admin", 9903),
 ];
 
 /// The services of docker-compose.yml, by the port they listen on.
 const COMPOSE_SERVICES: [(u16, &str); 2] = [(8080, "api"), (8444, "idsvr")];
 
 /// The admin interfaces: on the container's loopback only, in compose as everywhere (whoever
-/// reaches Envoy's admin interface can reconfigure or stop it).
-const COMPOSE_LOOPBACK: [u16; 2] = [9901, 9902];
+/// reaches Envoy's admin interface can reconfigure or stop it). And the sidecar of the mesh chain
+/// (8447), which docker-compose.yml does not run: api-mesh.example.com answers 503 there.
+const COMPOSE_LOOPBACK: [u16; 3] = [9901, 9902, 8447];
 
 const COMPOSE_HEADER: &str = "\
 # GENERATED from envoy/envoy.yaml by `envoy-config front-proxy envoy/envoy.yaml --compose`
