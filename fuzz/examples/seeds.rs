@@ -149,7 +149,25 @@ fn main() {
             "example.tls.pem",
         ] {
             if let Ok(pem) = std::fs::read(Path::new(&certs).join(name)) {
-                seeds.push(("pem", pem));
+                seeds.push(("pem", pem.clone()));
+                // `certificate`: a kind byte (0 xfcc, 1 client-cert, 2 pem-header), the value.
+                let text = String::from_utf8_lossy(&pem).into_owned();
+                let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+                let encoded: String = text
+                    .bytes()
+                    .map(|b| match b {
+                        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' => (b as char).to_string(),
+                        _ => format!("%{b:02X}"),
+                    })
+                    .collect();
+                seeds.push(("certificate", [&[1u8][..], format!(":{body}:").as_bytes()].concat()));
+                seeds.push(("certificate", [&[2u8][..], encoded.as_bytes()].concat()));
+                let xfcc = format!("Hash={};Cert=\"{encoded}\",Hash={}", "00".repeat(32), "07".repeat(32));
+                seeds.push(("certificate", [&[0u8][..], xfcc.as_bytes()].concat()));
+                use base64::Engine;
+                if let Ok(der) = base64::engine::general_purpose::STANDARD.decode(&body) {
+                    seeds.push(("certificate", [&[3u8][..], &der[..]].concat()));
+                }
             }
         }
     }

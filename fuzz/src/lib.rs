@@ -205,3 +205,18 @@ impl<'a> Arbitrary<'a> for Json {
         Ok(Json(Value::Object(object(u, 3)?)))
     }
 }
+
+/// `client_certificate` with every header source, trusting a hop at 10.0.0.0/8 (the fuzz target's
+/// peer is one).
+pub fn certificate_sources() -> certbound::config::ClientCertificates {
+    let mut v = config_json(0);
+    v["client_certificate"] = serde_json::json!({
+        "sources": ["xfcc", "client-cert", "pem-header", "connection"],
+        "pem_header": "x-client-cert",
+        "trusted_hop": {"cidrs": ["10.0.0.0/8"]}
+    });
+    match certbound::config::parse(v.to_string().as_bytes()) {
+        Ok(c) => c.client_certificate,
+        Err(e) => panic!("the fuzz configuration is refused: {e}"),
+    }
+}
