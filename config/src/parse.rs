@@ -688,15 +688,7 @@ fn policy(p: RawPolicy, field: &str) -> Result<Policy> {
 /// `allowed_certificates`: at least one list, every entry well formed.
 fn certificate_rules(r: RawCertificateRules, field: &str) -> Result<CertificateRules> {
     let names = |list: Vec<String>, name: &str, lower: bool| -> Result<Vec<String>> {
-        if list
-            .iter()
-            .any(|s| s.is_empty() || s.chars().any(char::is_control))
-        {
-            return err(
-                &format!("{field}.{name}"),
-                "entries must be non-empty, without control characters",
-            );
-        }
+        plain_names(&list, &format!("{field}.{name}"))?;
         Ok(match lower {
             true => list.iter().map(|s| s.to_ascii_lowercase()).collect(),
             false => list,
@@ -862,22 +854,24 @@ fn client_certificate(
     })
 }
 
+/// Names a rule compares with a certificate's: non-empty, no control characters (they go into logs).
+fn plain_names(list: &[String], field: &str) -> Result<()> {
+    if list
+        .iter()
+        .any(|s| s.is_empty() || s.chars().any(char::is_control))
+    {
+        return err(
+            field,
+            "entries must be non-empty, without control characters",
+        );
+    }
+    Ok(())
+}
+
 fn trusted_hop(t: RawTrustedHop) -> Result<TrustedHop> {
     const FIELD: &str = "client_certificate.trusted_hop";
-    let plain = |list: &[String], name: &str| -> Result<()> {
-        if list
-            .iter()
-            .any(|s| s.is_empty() || s.chars().any(char::is_control))
-        {
-            return err(
-                &format!("{FIELD}.{name}"),
-                "entries must be non-empty, without control characters",
-            );
-        }
-        Ok(())
-    };
-    plain(&t.uri_sans, "uri_sans")?;
-    plain(&t.dns_sans, "dns_sans")?;
+    plain_names(&t.uri_sans, &format!("{FIELD}.uri_sans"))?;
+    plain_names(&t.dns_sans, &format!("{FIELD}.dns_sans"))?;
     let mut cidrs = Vec::new();
     for c in &t.cidrs {
         match c.parse::<ipnet::IpNet>() {
