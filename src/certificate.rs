@@ -36,6 +36,7 @@ impl HeaderKind {
         }
     }
 
+    /// The source whose certificate a header of this kind carries.
     fn source(self) -> Option<CertificateSource> {
         match self {
             HeaderKind::Xfcc => Some(CertificateSource::Xfcc),
@@ -43,6 +44,21 @@ impl HeaderKind {
             HeaderKind::Pem => Some(CertificateSource::PemHeader),
             HeaderKind::ClientCertChain => None,
         }
+    }
+
+    /// Whether a header of this kind goes on to the upstream: only the configured header
+    /// source's own headers (`Client-Cert-Chain` with `Client-Cert`), only from the trusted hop,
+    /// only with `forward_headers`. A hop overwrites the header it sets, not the others: those
+    /// came from the client.
+    pub fn forwarded(self, cfg: &ClientCertificates, presented: &Presented) -> bool {
+        let source = match self {
+            HeaderKind::ClientCertChain => CertificateSource::ClientCert,
+            other => match other.source() {
+                Some(s) => s,
+                None => return false,
+            },
+        };
+        cfg.forward_headers && presented.trusted_headers && cfg.header_source() == Some(source)
     }
 }
 
@@ -107,7 +123,11 @@ pub fn present(
             return Err("the trusted hop sent a certificate header more than once");
         }
         let (thumbprint, der) = match source {
-            CertificateSource::Xfcc => from_xfcc(value, peer.thumbprint())?,
+            CertificateSource::Xfcc => match from_xfcc(value, peer.thumbprint())? {
+                Some(found) => found,
+                // Only this proxy's own element about the hop: the hop sent no certificate.
+                None => continue,
+            },
             CertificateSource::ClientCert => {
                 let der = from_client_cert(value)?;
                 (Thumbprint::from_der(&der), Some(der))
@@ -152,33 +172,45 @@ fn is_trusted(cfg: &ClientCertificates, peer: &dyn Peer) -> bool {
                 .is_some_and(|a| hop.cidrs.iter().any(|c| c.contains(&a))))
 }
 
-/// `x-forwarded-client-cert`: the element the trusted hop added, which is the last one (each
-/// Envoy appends its own), skipping a last element that describes this connection's own peer
-/// (what this proxy's own `APPEND_FORWARD` adds: its `Hash` is the connection's certificate). The
-/// element must carry `Hash` or `Cert`; with both they must agree.
-fn from_xfcc(
-    value: &str,
-    connection: Option<Thumbprint>,
-) -> Result<(Thumbprint, Option<Vec<u8>>), &'static str> {
+/// A certificate a header named: its thumbprint, and its DER when the header carried it.
+type Found = (Thumbprint, Option<Vec<u8>>);
+
+/// `x-forwarded-client-cert`: the element the trusted hop added. The value must be that one
+/// element, or that element and one more after it describing this connection's own peer (its
+/// `Hash` is the connection's certificate: what this proxy's own `APPEND_FORWARD` adds, as an
+/// Istio sidecar does). Anything else is refused: Envoy writes `URI=` and `DNS=` unquoted, so a SAN
+/// holding `,Hash=...` would otherwise add an element of the client's choosing. An element that
+/// only describes this connection's peer is no client certificate (`Ok(None)`). The element must
+/// carry `Hash` or `Cert`; with both they must agree.
+fn from_xfcc(value: &str, connection: Option<Thumbprint>) -> Result<Option<Found>, &'static str> {
     const BAD: &str = "the trusted hop's x-forwarded-client-cert is malformed";
     let elements = xfcc_elements(value).ok_or(BAD)?;
-    let mut from_last = elements.iter().rev();
-    let last = xfcc_certificate(from_last.next().ok_or(BAD)?).ok_or(BAD)?;
-    let chosen = match (last.0, from_last.next()) {
-        (Some(hash), Some(before)) if connection.is_some_and(|c| c.matches(&hash)) => {
-            xfcc_certificate(before).ok_or(BAD)?
-        }
-        _ => last,
+    let mut read = Vec::new();
+    for element in &elements {
+        read.push(xfcc_certificate(element).ok_or(BAD)?);
+    }
+    let own = |(hash, _): &XfccCertificate| {
+        hash.is_some_and(|h| connection.is_some_and(|c| c.matches(&h)))
     };
+    let chosen = match read.as_mut_slice() {
+        [hop] => std::mem::take(hop),
+        [hop, last] if own(last) => std::mem::take(hop),
+        _ => {
+            return Err("the trusted hop's x-forwarded-client-cert names more than one certificate")
+        }
+    };
+    if own(&chosen) {
+        return Ok(None);
+    }
     match chosen {
         (None, None) => Err("the trusted hop's x-forwarded-client-cert names no certificate"),
-        (Some(hash), None) => Ok((hash, None)),
+        (Some(hash), None) => Ok(Some((hash, None))),
         (hash, Some(der)) => {
             let t = Thumbprint::from_der(&der);
             if hash.is_some_and(|h| !h.matches(&t)) {
                 return Err("the trusted hop's x-forwarded-client-cert Hash is not its Cert's");
             }
-            Ok((t, Some(der)))
+            Ok(Some((t, Some(der))))
         }
     }
 }
@@ -204,49 +236,60 @@ fn xfcc_certificate(element: &[(String, String)]) -> Option<XfccCertificate> {
     Some((hash, cert))
 }
 
+/// The keys Envoy writes in an XFCC element.
+const XFCC_KEYS: [&str; 7] = ["by", "hash", "cert", "chain", "subject", "uri", "dns"];
+
 /// The elements of an XFCC value, each its `key=value` pairs, values unquoted. Written here: no
 /// maintained crate parses Envoy's format. Elements are split on `,` and pairs on `;` outside
-/// double quotes; `\"` inside quotes is a quote.
+/// double quotes; inside quotes `\"` is a quote. Strict, so that a client's stray quote cannot
+/// swallow what a hop appended: only Envoy's keys; a quote only opens a value and closes it,
+/// followed by `;`, `,` or the end; no control character anywhere.
 fn xfcc_elements(value: &str) -> Option<Vec<Vec<(String, String)>>> {
     let mut elements = vec![Vec::new()];
-    let (mut key, mut current) = (None::<String>, String::new());
-    let mut chars = value.chars();
-    let mut quoted = false;
-    let end_pair = |key: &mut Option<String>, current: &mut String| -> Option<(String, String)> {
-        let k = key.take()?;
-        let k = k.trim().to_string();
-        if k.is_empty() {
+    let mut chars = value.chars().peekable();
+    loop {
+        let mut key = String::new();
+        loop {
+            match chars.next()? {
+                '=' => break,
+                c if c.is_control() || matches!(c, '"' | ',' | ';') => return None,
+                c => key.push(c),
+            }
+        }
+        let key = key.trim();
+        if !XFCC_KEYS.iter().any(|k| key.eq_ignore_ascii_case(k)) {
             return None;
         }
-        Some((k, std::mem::take(current)))
-    };
-    while let Some(c) = chars.next() {
-        match (quoted, c) {
-            (true, '\\') => current.push(chars.next()?),
-            (true, '"') => quoted = false,
-            (true, c) => current.push(c),
-            (false, '"') if current.trim().is_empty() && key.is_some() => {
-                current.clear();
-                quoted = true;
-            }
-            (false, '=') if key.is_none() => key = Some(std::mem::take(&mut current)),
-            (false, ';' | ',') => {
-                let pair = end_pair(&mut key, &mut current)?;
-                elements.last_mut()?.push(pair);
-                if c == ',' {
-                    elements.push(Vec::new());
+        let mut v = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '\\' => v.push(chars.next()?),
+                    '"' => break,
+                    c if c.is_control() => return None,
+                    c => v.push(c),
                 }
             }
-            (false, c) if c.is_control() => return None,
-            (false, c) => current.push(c),
+        } else {
+            while let Some(&c) = chars.peek() {
+                match c {
+                    ';' | ',' => break,
+                    '"' => return None,
+                    c if c.is_control() => return None,
+                    c => v.push(c),
+                }
+                chars.next();
+            }
+        }
+        elements.last_mut()?.push((key.to_string(), v));
+        match chars.next() {
+            None => return Some(elements),
+            Some(';') => {}
+            Some(',') => elements.push(Vec::new()),
+            Some(_) => return None,
         }
     }
-    if quoted {
-        return None;
-    }
-    let pair = end_pair(&mut key, &mut current)?;
-    elements.last_mut()?.push(pair);
-    Some(elements)
 }
 
 /// RFC 9440 `Client-Cert`: one Structured Field Byte Sequence (`:base64:`), the DER.
@@ -325,16 +368,16 @@ impl CertificateFacts {
     }
 }
 
-/// A name as an RFC 4514 string, the last RDN first, as `x509-cert`'s `Display` writes it (and
-/// the example API's gateway check reads it). Written here because that `Display` looks the
-/// attribute names up in const-oid's whole OID database, which would add about 180 KB to the
-/// module: the names RFC 4514 section 3 lists (and the e-mail address and serial number) are
-/// written by name, any other attribute as `<dotted OID>=#<hex of its DER>`.
+/// A name as an RFC 4514 string, the last RDN first, escaped as RFC 4514 says (as `x509-cert`'s
+/// `Display` does). Written here because that `Display` looks the attribute names up in
+/// const-oid's whole OID database, 47 KB of the module: the names RFC 4514 section 3 lists, and
+/// SERIALNUMBER, EMAILADDRESS, SN, GN, TITLE and ORGANIZATIONIDENTIFIER, are written by name (docs/config.md),
+/// any other attribute as `<dotted OID>=#<hex of its DER>`.
 fn rfc4514(name: &x509_cert::name::Name) -> Option<String> {
     use std::fmt::Write;
     use x509_cert::der::asn1::{Ia5StringRef, PrintableStringRef, TeletexStringRef, Utf8StringRef};
     use x509_cert::der::{Encode, Tag, Tagged};
-    const NAMES: [(&str, &str); 11] = [
+    const NAMES: [(&str, &str); 15] = [
         ("2.5.4.3", "CN"),
         ("2.5.4.7", "L"),
         ("2.5.4.8", "ST"),
@@ -346,6 +389,11 @@ fn rfc4514(name: &x509_cert::name::Name) -> Option<String> {
         ("0.9.2342.19200300.100.1.25", "DC"),
         ("0.9.2342.19200300.100.1.1", "UID"),
         ("1.2.840.113549.1.9.1", "EMAILADDRESS"),
+        ("2.5.4.4", "SN"),
+        ("2.5.4.42", "GN"),
+        ("2.5.4.12", "TITLE"),
+        // eIDAS/PSD2 certificates name the organisation by it (PSDDE-BAFIN-123456).
+        ("2.5.4.97", "ORGANIZATIONIDENTIFIER"),
     ];
     let mut out = String::new();
     for (i, rdn) in name.0.iter().rev().enumerate() {

@@ -177,13 +177,12 @@ pub fn on_request(
             }
         };
     me.thumbprint = presented.thumbprint;
-    // The certificate headers go on only from a trusted hop, and only if configured so.
-    if !(presented.trusted_headers && cfg.client_certificate.forward_headers) {
-        me.strip.extend(
-            read.certificates
-                .iter()
-                .map(|(kind, _)| header_name(cfg, *kind).to_string()),
-        );
+    // A certificate header goes on only from the trusted hop, its source's, if configured so.
+    let cc = &cfg.client_certificate;
+    for (kind, _) in &read.certificates {
+        if !kind.forwarded(cc, &presented) {
+            me.strip.push(header_name(cfg, *kind).to_string());
+        }
     }
     match (&me.thumbprint, &policy.certificate_rules) {
         (None, _) if policy.certificate_required => {

@@ -239,6 +239,14 @@ impl ClientCertificates {
     pub fn connection_only(&self) -> bool {
         self.sources == [CertificateSource::Connection]
     }
+
+    /// The one header source, if any (the configuration allows at most one).
+    pub fn header_source(&self) -> Option<CertificateSource> {
+        self.sources
+            .iter()
+            .copied()
+            .find(|s| *s != CertificateSource::Connection)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -776,6 +776,19 @@ fn client_certificate(
             "must list at least one source",
         );
     }
+    // A hop overwrites the header it sets, never the others: with two header sources, one would
+    // be the client's, believed because the hop is trusted.
+    if sources
+        .iter()
+        .filter(|s| **s != CertificateSource::Connection)
+        .count()
+        > 1
+    {
+        return err(
+            "client_certificate.sources",
+            "names more than one header source: a trusted hop sets one header and passes the client's others on",
+        );
+    }
     let from_headers = sources.iter().any(|s| *s != CertificateSource::Connection);
     let pem_header = match (
         c.pem_header,
@@ -795,6 +808,13 @@ fn client_certificate(
         }
         (Some(h), true) => {
             let h = header_name(&h, "client_certificate.pem_header")?;
+            // CGI and WSGI read `-` and `_` alike: the header is named with `-` only.
+            if h.contains('_') {
+                return err(
+                    "client_certificate.pem_header",
+                    "must not contain `_` (upstreams read it as `-`): name it with `-`",
+                );
+            }
             if CERTIFICATE_HEADERS.contains(&h.as_str()) {
                 return err(
                     "client_certificate.pem_header",
@@ -876,7 +896,8 @@ fn trusted_hop(t: RawTrustedHop) -> Result<TrustedHop> {
     for c in &t.cidrs {
         match c.parse::<ipnet::IpNet>() {
             // A block written with host bits (10.0.0.1/8) is refused: it reads like one address.
-            Ok(net) if net.trunc() == net => cidrs.push(net),
+            // So is a /0, which trusts every client.
+            Ok(net) if net.trunc() == net && net.prefix_len() > 0 => cidrs.push(net),
             _ => return err(
                 &format!("{FIELD}.cidrs"),
                 "entries must be CIDR blocks without host bits, like 10.0.0.0/8 or 127.0.0.2/32",

@@ -160,9 +160,16 @@ fn main() {
                         _ => format!("%{b:02X}"),
                     })
                     .collect();
-                seeds.push(("certificate", [&[1u8][..], format!(":{body}:").as_bytes()].concat()));
+                seeds.push((
+                    "certificate",
+                    [&[1u8][..], format!(":{body}:").as_bytes()].concat(),
+                ));
                 seeds.push(("certificate", [&[2u8][..], encoded.as_bytes()].concat()));
-                let xfcc = format!("Hash={};Cert=\"{encoded}\",Hash={}", "00".repeat(32), "07".repeat(32));
+                let xfcc = format!(
+                    "Hash={};Cert=\"{encoded}\",Hash={}",
+                    "00".repeat(32),
+                    "07".repeat(32)
+                );
                 seeds.push(("certificate", [&[0u8][..], xfcc.as_bytes()].concat()));
                 use base64::Engine;
                 if let Ok(der) = base64::engine::general_purpose::STANDARD.decode(&body) {

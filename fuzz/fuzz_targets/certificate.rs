@@ -30,13 +30,16 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let _ = CertificateFacts::parse(value);
-    let config = certbound_fuzz::certificate_sources();
+    let config = certbound_fuzz::certificate_sources(kind % 3);
     let kind = match kind % 3 {
         0 => HeaderKind::Xfcc,
         1 => HeaderKind::ClientCert,
         _ => HeaderKind::Pem,
     };
-    let headers = [(kind, Cow::Owned(String::from_utf8_lossy(value).into_owned()))];
+    let headers = [(
+        kind,
+        Cow::Owned(String::from_utf8_lossy(value).into_owned()),
+    )];
     if let Ok(presented) = certificate::present(&config, &headers, &Hop) {
         // The DER a header carried is the certificate whose thumbprint is used.
         if let (Some(t), Some(der)) = (presented.thumbprint, &presented.der) {

@@ -206,15 +206,22 @@ impl<'a> Arbitrary<'a> for Json {
     }
 }
 
-/// `client_certificate` with every header source, trusting a hop at 10.0.0.0/8 (the fuzz target's
-/// peer is one).
-pub fn certificate_sources() -> certbound::config::ClientCertificates {
+/// `client_certificate` with the header source `kind` picks (0 xfcc, 1 client-cert, else
+/// pem-header), trusting a hop at 10.0.0.0/8 (the fuzz target's peer is one).
+pub fn certificate_sources(kind: u8) -> certbound::config::ClientCertificates {
+    let source = match kind {
+        0 => "xfcc",
+        1 => "client-cert",
+        _ => "pem-header",
+    };
     let mut v = config_json(0);
     v["client_certificate"] = serde_json::json!({
-        "sources": ["xfcc", "client-cert", "pem-header", "connection"],
-        "pem_header": "x-client-cert",
+        "sources": [source, "connection"],
         "trusted_hop": {"cidrs": ["10.0.0.0/8"]}
     });
+    if source == "pem-header" {
+        v["client_certificate"]["pem_header"] = "x-client-cert".into();
+    }
     match certbound::config::parse(v.to_string().as_bytes()) {
         Ok(c) => c.client_certificate,
         Err(e) => panic!("the fuzz configuration is refused: {e}"),

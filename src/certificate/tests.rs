@@ -129,6 +129,12 @@ fn xfcc_values_split_into_elements_and_pairs() {
         r#"Subject="unterminated"#,
         "Hash=a\nb",
         r#"Subject="x\"#,
+        // A stray quote may not swallow what a hop appended.
+        r#"Hash=ab;Subject=",By=gw;Hash=cd;Cert="x""#,
+        r#"Hash=ab;Subject="x"y"#,
+        r#"Hash=a"b"#,
+        // Only Envoy's keys.
+        "Hash=ab;X=1",
     ] {
         assert_eq!(pairs(bad), None, "{bad:?}");
     }
@@ -139,26 +145,50 @@ fn the_xfcc_element_is_the_trusted_hops_own() {
     let der = partner();
     let partner = Thumbprint::from_der(&der);
     let cert = url_encoded_pem(&der);
-    let table: Vec<(String, Result<Thumbprint, ()>)> = vec![
-        (format!("Hash={}", hex(&partner)), Ok(partner)),
+    let table: Vec<(String, Result<Option<Thumbprint>, ()>)> = vec![
+        (format!("Hash={}", hex(&partner)), Ok(Some(partner))),
         (
             format!("Hash={}", hex(&partner).to_uppercase()),
-            Ok(partner),
+            Ok(Some(partner)),
         ),
-        (format!("Cert=\"{cert}\""), Ok(partner)),
+        (format!("Cert=\"{cert}\""), Ok(Some(partner))),
         (
             format!("Hash={};Cert=\"{cert}\"", hex(&partner)),
-            Ok(partner),
+            Ok(Some(partner)),
         ),
-        // The last element is the hop's; what came before it (a client's own) is not read.
+        // This proxy's own APPEND_FORWARD element about the hop comes last, and is passed over.
+        (
+            format!(
+                "Hash={},By=spiffe://sidecar;Hash={}",
+                hex(&partner),
+                hex(&GATEWAY)
+            ),
+            Ok(Some(partner)),
+        ),
+        // Only the element about the hop itself: no client certificate.
+        (format!("Hash={}", hex(&GATEWAY)), Ok(None)),
+        // Anything else is refused: the element a client slipped in before the hop's...
         (
             format!("Hash={},Hash={}", hex(&PARTNER_HASH), hex(&partner)),
-            Ok(partner),
+            Err(()),
         ),
-        // ... unless the last one is this proxy's own APPEND_FORWARD, about the hop itself.
+        // ...or one an unquoted URI SAN holding `,Hash=` adds (Envoy does not quote URI or DNS).
         (
-            format!("Hash={},Hash={}", hex(&partner), hex(&GATEWAY)),
-            Ok(partner),
+            format!(
+                "Hash={};URI=https://p.example/x,Hash={}",
+                hex(&partner),
+                hex(&PARTNER_HASH)
+            ),
+            Err(()),
+        ),
+        (
+            format!(
+                "Hash={};URI=https://p.example/x,Hash={},Hash={}",
+                hex(&partner),
+                hex(&PARTNER_HASH),
+                hex(&GATEWAY)
+            ),
+            Err(()),
         ),
         (
             format!("Hash={};Cert=\"{cert}\"", hex(&PARTNER_HASH)),
@@ -171,15 +201,16 @@ fn the_xfcc_element_is_the_trusted_hops_own() {
             Err(()),
         ),
         ("Cert=\"not%20a%20pem\"".to_string(), Err(())),
-        (format!("Hash={}", hex(&GATEWAY)), Ok(GATEWAY)),
     ];
     for (value, expected) in table {
         let got = from_xfcc(&value, Some(GATEWAY))
-            .map(|(t, _)| t)
+            .map(|found| found.map(|(t, _)| t))
             .map_err(|_| ());
         assert_eq!(got, expected, "{value}");
     }
-    let (_, with_der) = from_xfcc(&format!("Cert=\"{cert}\""), None).unwrap();
+    let (_, with_der) = from_xfcc(&format!("Cert=\"{cert}\""), None)
+        .unwrap()
+        .unwrap();
     assert_eq!(with_der.as_deref(), Some(&der[..]));
 }
 
@@ -365,42 +396,62 @@ fn a_trusted_hops_header_must_be_there_once_and_well_formed() {
         address: Some("10.0.0.1".parse().unwrap()),
         ..FakePeer::default()
     };
-    let cfg = sources(
-        json!({"sources": ["client-cert", "pem-header", "xfcc"], "pem_header": "X-Client-PEM",
-                             "trusted_hop": {"cidrs": ["10.0.0.0/8"]}}),
+    let hop = json!({"cidrs": ["10.0.0.0/8"]});
+    let cc_cfg = sources(json!({"sources": ["client-cert"], "trusted_hop": hop}));
+    let pem_cfg = sources(
+        json!({"sources": ["pem-header"], "pem_header": "X-Client-PEM", "trusted_hop": hop}),
     );
     let cc = |v: String| (HeaderKind::ClientCert, Cow::Owned(v));
     let pem = |v: String| (HeaderKind::Pem, Cow::Owned(v));
     let good_cc = format!(":{}:", STANDARD.encode(&der));
-    let got = present(&cfg, &[cc(good_cc.clone())], &trusted).unwrap();
+    let got = present(&cc_cfg, &[cc(good_cc.clone())], &trusted).unwrap();
     assert_eq!(got.thumbprint, Some(Thumbprint::from_der(&der)));
     assert_eq!(got.der.as_deref(), Some(&der[..]));
-    let got = present(&cfg, &[pem(url_encoded_pem(&der))], &trusted).unwrap();
+    let got = present(&pem_cfg, &[pem(url_encoded_pem(&der))], &trusted).unwrap();
     assert_eq!(got.thumbprint, Some(Thumbprint::from_der(&der)));
-    // The first source that has a header wins: client-cert before xfcc.
-    let both = [
-        xfcc(&format!("Hash={}", hex(&PARTNER_HASH))).remove(0),
-        cc(good_cc.clone()),
-    ];
-    assert_eq!(
-        present(&cfg, &both, &trusted).unwrap().thumbprint,
-        Some(Thumbprint::from_der(&der))
-    );
-    for bad in [
-        vec![cc(good_cc.clone()), cc(good_cc.clone())],
-        vec![cc("garbage".to_string())],
-        vec![pem("garbage".to_string())],
-        xfcc("Hash=zz"),
+    // Another source's header, even from the trusted hop, is not read: the hop did not set it.
+    let other = xfcc(&format!("Hash={}", hex(&PARTNER_HASH)));
+    assert_eq!(present(&cc_cfg, &other, &trusted).unwrap().thumbprint, None);
+    for (cfg, bad) in [
+        (&cc_cfg, vec![cc(good_cc.clone()), cc(good_cc.clone())]),
+        (&cc_cfg, vec![cc("garbage".to_string())]),
+        (&pem_cfg, vec![pem("garbage".to_string())]),
     ] {
-        assert!(present(&cfg, &bad, &trusted).is_err(), "{bad:?}");
+        assert!(present(cfg, &bad, &trusted).is_err(), "{bad:?}");
     }
     // From an untrusted peer the same garbage is simply not read.
     let untrusted = FakePeer {
         address: Some("192.0.2.1".parse().unwrap()),
         ..FakePeer::default()
     };
-    let got = present(&cfg, &[cc("garbage".to_string())], &untrusted).unwrap();
+    let got = present(&cc_cfg, &[cc("garbage".to_string())], &untrusted).unwrap();
     assert_eq!(got.thumbprint, None);
+}
+
+#[test]
+fn only_the_header_sources_own_headers_are_forwarded() {
+    let cfg = sources(
+        json!({"sources": ["client-cert"], "trusted_hop": {"cidrs": ["10.0.0.0/8"]},
+                             "forward_headers": true}),
+    );
+    let trusted = Presented {
+        trusted_headers: true,
+        ..Presented::default()
+    };
+    let untrusted = Presented::default();
+    assert!(HeaderKind::ClientCert.forwarded(&cfg, &trusted));
+    assert!(HeaderKind::ClientCertChain.forwarded(&cfg, &trusted));
+    assert!(
+        !HeaderKind::Xfcc.forwarded(&cfg, &trusted),
+        "the client's, passed on by the hop"
+    );
+    assert!(!HeaderKind::ClientCert.forwarded(&cfg, &untrusted));
+    let cfg =
+        sources(json!({"sources": ["client-cert"], "trusted_hop": {"cidrs": ["10.0.0.0/8"]}}));
+    assert!(
+        !HeaderKind::ClientCert.forwarded(&cfg, &trusted),
+        "forward_headers is off"
+    );
 }
 
 #[test]

@@ -366,6 +366,21 @@ fn every_bad_configuration_names_its_field() {
         ),
         (
             "json",
+            |v| v["client_certificate"] = json!({"sources": ["xfcc", "client-cert"], "trusted_hop": {"cidrs": ["10.0.0.0/8"]}}),
+            "client_certificate.sources: names more than one header source",
+        ),
+        (
+            "json",
+            |v| v["client_certificate"] = json!({"sources": ["pem-header"], "pem_header": "x_client_cert", "trusted_hop": {"cidrs": ["10.0.0.0/8"]}}),
+            "client_certificate.pem_header: must not contain `_`",
+        ),
+        (
+            "json",
+            |v| v["client_certificate"] = json!({"sources": ["xfcc"], "trusted_hop": {"cidrs": ["0.0.0.0/0"]}}),
+            "client_certificate.trusted_hop.cidrs: entries must be CIDR blocks",
+        ),
+        (
+            "json",
             |v| v["client_certificate"] = json!({"sources": ["xfcc"]}),
             "client_certificate.trusted_hop: is required with a header source",
         ),
