@@ -103,6 +103,9 @@ pub struct Entry {
     pub key: TokenKey,
     /// Unix seconds; at or after this instant the entry is a miss.
     pub expires_at: u64,
+    /// Until when (Unix seconds) the entry may still decide a request while the identity server
+    /// is unavailable (`cache.stale_if_error_seconds`); `expires_at` when it may not.
+    pub stale_until: u64,
     pub state: TokenState,
 }
 
@@ -185,9 +188,23 @@ impl TokenCache<'_> {
 
     /// The live entry for `key`, if any.
     pub fn lookup(&self, store: &dyn SharedStore, key: &TokenKey, now: u64) -> Option<Entry> {
+        self.find(store, key, |e| e.expires_at > now)
+    }
+
+    /// The expired entry for `key` that may still decide while the identity server is down.
+    pub fn lookup_stale(&self, store: &dyn SharedStore, key: &TokenKey, now: u64) -> Option<Entry> {
+        self.find(store, key, |e| e.stale_until > now)
+    }
+
+    fn find(
+        &self,
+        store: &dyn SharedStore,
+        key: &TokenKey,
+        usable: impl Fn(&Entry) -> bool,
+    ) -> Option<Entry> {
         key.slots(self.max_entries).into_iter().find_map(|slot| {
             let (entry, _) = self.read(store, &self.slot_key(slot))?;
-            entry.filter(|e| e.key == *key && e.expires_at > now)
+            entry.filter(|e| e.key == *key && usable(e))
         })
     }
 
@@ -235,6 +252,11 @@ impl LocalCache {
         self.map.get(key).filter(|e| e.expires_at > now).cloned()
     }
 
+    /// An expired entry that may still decide while the identity server is down.
+    pub fn get_stale(&self, key: &TokenKey, now: u64) -> Option<Rc<Entry>> {
+        self.map.get(key).filter(|e| e.stale_until > now).cloned()
+    }
+
     pub fn put(&mut self, entry: Rc<Entry>) {
         if self.map.len() >= self.capacity && !self.map.contains_key(&entry.key) {
             self.map.clear();
@@ -268,7 +290,7 @@ impl Hasher for KeyHasher {
 
 // ---- a compact binary encoding: a cache hit decodes it on every request ----
 
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u32).to_le_bytes());
@@ -290,6 +312,7 @@ pub fn encode(e: &Entry) -> Vec<u8> {
     out.push(VERSION);
     out.extend_from_slice(&e.key.0);
     out.extend_from_slice(&e.expires_at.to_le_bytes());
+    out.extend_from_slice(&e.stale_until.to_le_bytes());
     match &e.state {
         TokenState::Inactive => out.push(0),
         TokenState::Active(t) => {
@@ -354,6 +377,7 @@ pub fn decode(bytes: &[u8]) -> Option<Entry> {
     }
     let key = TokenKey(r.array()?);
     let expires_at = u64::from_le_bytes(r.array()?);
+    let stale_until = u64::from_le_bytes(r.array()?);
     let state = match r.byte()? {
         0 => TokenState::Inactive,
         1 => {
@@ -386,6 +410,7 @@ pub fn decode(bytes: &[u8]) -> Option<Entry> {
     r.0.is_empty().then_some(Entry {
         key,
         expires_at,
+        stale_until,
         state,
     })
 }
@@ -465,6 +490,7 @@ mod tests {
         Entry {
             key: TokenKey::new("certbound", "0011223344556677", token),
             expires_at,
+            stale_until: expires_at + 30,
             state: TokenState::Active(ActiveToken {
                 cnf: Binding::Certificate(Thumbprint([7; 32])),
                 scope: "transactions read".into(),
@@ -483,6 +509,7 @@ mod tests {
         let inactive = Entry {
             key: TokenKey([1; 32]),
             expires_at: 5,
+            stale_until: 5,
             state: TokenState::Inactive,
         };
         assert_eq!(decode(&encode(&inactive)), Some(inactive));

@@ -295,10 +295,13 @@ fn xfcc_elements(value: &str) -> Option<Vec<Vec<(String, String)>>> {
 /// RFC 9440 `Client-Cert`: one Structured Field Byte Sequence (`:base64:`), the DER.
 fn from_client_cert(value: &str) -> Result<Vec<u8>, &'static str> {
     const BAD: &str = "the trusted hop's Client-Cert is not one certificate as :base64:";
-    // RFC 8941 section 4.2.7: base64 with padding, which parsers should not insist on.
+    // RFC 8941 section 4.2.7: base64 with padding and zero pad bits, neither of which parsers
+    // should insist on (the DER, and so the thumbprint, is the same).
     const SF_BINARY: GeneralPurpose = GeneralPurpose::new(
         &base64::alphabet::STANDARD,
-        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+        GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true),
     );
     let inner = value
         .trim_matches([' ', '\t'])

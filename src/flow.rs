@@ -292,6 +292,7 @@ pub fn on_answer(
 pub fn on_dispatch_failed(
     cfg: &Config,
     st: &mut State,
+    store: &dyn SharedStore,
     key: TokenKey,
     now: u64,
 ) -> Vec<(u32, Verdict)> {
@@ -301,7 +302,7 @@ pub fn on_dispatch_failed(
     );
     if !key_set {
         let why = "the introspection call could not be dispatched";
-        return fail(cfg, st, key, Failure::Unavailable(why));
+        return fail(cfg, st, store, now, key, Failure::Unavailable(why));
     }
     st.key_set_failed_at = Some(now);
     let failure = Failure::Unavailable("the key set call could not be dispatched");
@@ -310,9 +311,9 @@ pub fn on_dispatch_failed(
         .take()
         .map(|f| f.waiting)
         .unwrap_or_default();
-    let mut verdicts = fail(cfg, st, key, failure);
+    let mut verdicts = fail(cfg, st, store, now, key, failure);
     for other in waiting {
-        verdicts.extend(fail(cfg, st, other, failure));
+        verdicts.extend(fail(cfg, st, store, now, other, failure));
     }
     verdicts
 }
@@ -322,8 +323,10 @@ pub fn on_dispatch_failed(
 pub fn on_gone(
     cfg: &Config,
     st: &mut State,
+    store: &dyn SharedStore,
     key: TokenKey,
     context_id: u32,
+    now: u64,
 ) -> Vec<(u32, Verdict)> {
     let Some(inflight) = st.inflight.get_mut(&key) else {
         return Vec::new();
@@ -347,7 +350,7 @@ pub fn on_gone(
     match st.key_set_fetch.take() {
         Some(fetch) if fetch.by == key => {
             for other in fetch.waiting {
-                verdicts.extend(fail(cfg, st, other, Failure::Unavailable(why)));
+                verdicts.extend(fail(cfg, st, store, now, other, Failure::Unavailable(why)));
             }
         }
         Some(mut fetch) => {
@@ -553,7 +556,7 @@ fn on_introspection(
             };
             return match key_set(cfg, st, store, &check.rules, now) {
                 Some((at, keys)) => verify(cfg, st, store, key, check, &keys, Some(at), now),
-                None => need_key_set(cfg, st, key, check, now),
+                None => need_key_set(cfg, st, store, key, check, now),
             };
         }
     };
@@ -605,9 +608,9 @@ fn on_key_set(
         _ => Failure::Bad("the key set answer is unusable"),
     };
     st.key_set_failed_at = Some(now);
-    let mut verdicts = fail(cfg, st, key, failure);
+    let mut verdicts = fail(cfg, st, store, now, key, failure);
     for other in waiting {
-        verdicts.extend(fail(cfg, st, other, failure));
+        verdicts.extend(fail(cfg, st, store, now, other, failure));
     }
     Next::Decided(verdicts)
 }
@@ -626,13 +629,20 @@ fn awaiting_check(st: &mut State, key: &TokenKey) -> Option<JwtCheck> {
 
 /// The check of `key` needs the key set: wait for the worker's call if one is out, fail at once
 /// within the backoff after a failed call, else make the call.
-fn need_key_set(cfg: &Config, st: &mut State, key: TokenKey, check: JwtCheck, now: u64) -> Next {
+fn need_key_set(
+    cfg: &Config,
+    st: &mut State,
+    store: &dyn SharedStore,
+    key: TokenKey,
+    check: JwtCheck,
+    now: u64,
+) -> Next {
     let backing_off = st
         .key_set_failed_at
         .is_some_and(|t| now < t.saturating_add(KEY_SET_BACKOFF_SECONDS));
     if backing_off {
         let f = Failure::Unavailable("the key set call failed a moment ago; not retried yet");
-        return Next::Decided(fail(cfg, st, key, f));
+        return Next::Decided(fail(cfg, st, store, now, key, f));
     }
     if let Some(fetch) = &mut st.key_set_fetch {
         fetch.waiting.push(key);
@@ -699,7 +709,7 @@ fn verify(
                 jwks::may_refetch(t, now, rules.jwks.min_refetch_interval_seconds)
             }) =>
         {
-            return need_key_set(cfg, st, key, check, now);
+            return need_key_set(cfg, st, store, key, check, now);
         }
         Err(e) if e.is_time() => Ok(introspection::inactive_entry(key, now, cfg)),
         Err(e) => Err(Failure::Bad(e.describe())),
@@ -740,25 +750,70 @@ fn verify_fresh(
         // Without `fetched_at` verify neither refetches nor waits; fail closed if it ever did.
         Next::Dispatch(_) | Next::Wait => {
             let f = Failure::Bad("the key set was refetched for a fresh key set");
-            fail(cfg, st, key, f)
+            fail(cfg, st, store, now, key, f)
         }
     }
 }
 
 /// Ends a check that failed: nothing is cached, and every request that waited for it is denied.
-fn fail(cfg: &Config, st: &mut State, key: TokenKey, failure: Failure) -> Vec<(u32, Verdict)> {
+/// With `cache.stale_if_error_seconds`, a request whose token had a positive entry that expired
+/// within that bound (and before the token's `exp`) is decided on it instead, when the identity
+/// server is unavailable: binding, scopes and the rest are checked as on a hit.
+fn fail(
+    cfg: &Config,
+    st: &mut State,
+    store: &dyn SharedStore,
+    now: u64,
+    key: TokenKey,
+    failure: Failure,
+) -> Vec<(u32, Verdict)> {
     let Some(inflight) = st.inflight.remove(&key) else {
         return Vec::new();
     };
     st.tally.count(Metric::IntrospectionFailure);
+    let stale = match failure {
+        Failure::Unavailable(_) if cfg.cache.stale_if_error_seconds > 0 => {
+            stale_entry(cfg, st, store, &key, now)
+        }
+        _ => None,
+    };
     let reason = DenyReason::from(failure);
     let requests = inflight
         .waiters
         .iter()
         .chain(std::iter::once(&inflight.caller));
     requests
-        .map(|w| (w.context_id, deny(cfg, st, reason, w, None)))
+        .map(|w| {
+            let verdict = match &stale {
+                Some(entry) => {
+                    let verdict = decide(cfg, st, entry, w);
+                    if matches!(verdict, Verdict::Allow(..)) {
+                        st.tally.count(Metric::StaleAnswer);
+                    }
+                    verdict
+                }
+                None => deny(cfg, st, reason, w, None),
+            };
+            (w.context_id, verdict)
+        })
         .collect()
+}
+
+/// The expired positive entry of `key` that may still decide (`Entry::stale_until`), from this
+/// worker's cache or shared data.
+fn stale_entry(
+    cfg: &Config,
+    st: &State,
+    store: &dyn SharedStore,
+    key: &TokenKey,
+    now: u64,
+) -> Option<Rc<Entry>> {
+    let entry = st.local.get_stale(key, now).or_else(|| {
+        token_cache(cfg, &st.seal)
+            .lookup_stale(store, key, now)
+            .map(Rc::new)
+    })?;
+    matches!(entry.state, TokenState::Active(_)).then_some(entry)
 }
 
 /// Ends a check: caches what may be cached, then decides every request that waited for it.
@@ -771,7 +826,7 @@ fn conclude(
     now: u64,
 ) -> Vec<(u32, Verdict)> {
     let entry = match outcome {
-        Outcome::Failed(f) => return fail(cfg, st, key, f),
+        Outcome::Failed(f) => return fail(cfg, st, store, now, key, f),
         Outcome::Known(entry) => entry,
     };
     let Some(inflight) = st.inflight.remove(&key) else {

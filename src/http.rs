@@ -220,7 +220,10 @@ impl<H: Host> Http<H> {
             return;
         };
         let verdicts = match worker.state.try_borrow_mut() {
-            Ok(mut st) => flow::on_gone(&worker.config, &mut st, key, self.id),
+            Ok(mut st) => {
+                let now = self.host.now();
+                flow::on_gone(&worker.config, &mut st, &self.host, key, self.id, now)
+            }
             Err(_) => return,
         };
         self.apply_all(&worker, &verdicts);
@@ -237,7 +240,8 @@ impl<H: Host> Http<H> {
                 let what = format!("{:?} dispatch failed: {status}", call.kind);
                 self.host.log(Level::Warn, &what);
                 let now = self.host.now();
-                let verdicts = flow::on_dispatch_failed(&worker.config, &mut st, key, now);
+                let verdicts =
+                    flow::on_dispatch_failed(&worker.config, &mut st, &self.host, key, now);
                 drop(st);
                 self.pending = None;
                 self.apply_all(worker, &verdicts);

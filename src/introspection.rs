@@ -191,9 +191,12 @@ pub fn max_age(cache_control: Option<&str>) -> Option<u64> {
 
 /// The negative entry for an inactive token.
 pub fn inactive_entry(key: TokenKey, now: u64, cfg: &Config) -> Entry {
+    let expires_at = now.saturating_add(cfg.cache.negative_ttl_seconds);
     Entry {
         key,
-        expires_at: now.saturating_add(cfg.cache.negative_ttl_seconds),
+        expires_at,
+        // An inactive answer is never served past its life.
+        stale_until: expires_at,
         state: TokenState::Inactive,
     }
 }
@@ -297,9 +300,17 @@ pub fn entry_from_members(
         })
         .collect();
     let expires_at = positive_expiry(now, exp, max_age, cfg.cache.max_ttl_seconds).unwrap_or(now);
+    // Stale-if-error: some time past the entry's expiry, never past the token's own `exp`.
+    let stale = cfg.cache.stale_if_error_seconds;
+    let stale_until = match exp {
+        _ if stale == 0 => expires_at,
+        Some(exp) => expires_at.saturating_add(stale).min(exp).max(expires_at),
+        None => expires_at.saturating_add(stale),
+    };
     Ok(Entry {
         key,
         expires_at,
+        stale_until,
         state: TokenState::Active(ActiveToken {
             cnf,
             scope: text("scope").unwrap_or_default(),

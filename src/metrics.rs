@@ -12,16 +12,19 @@ pub enum Metric {
     IntrospectionCall,
     IntrospectionFailure,
     JwksFetch,
+    /// A request allowed on an expired entry while the identity server was unavailable.
+    StaleAnswer,
 }
 
 /// The counters other than the denials, in the order of their slots after the denials'.
-const OTHERS: [&str; 6] = [
+const OTHERS: [&str; 7] = [
     "requests_allowed",
     "cache_hits",
     "cache_misses",
     "introspection_calls",
     "introspection_failures",
     "jwks_fetches",
+    "stale_answers",
 ];
 
 /// How many counters there are.
@@ -39,6 +42,7 @@ impl Metric {
             Metric::IntrospectionCall => other(3),
             Metric::IntrospectionFailure => other(4),
             Metric::JwksFetch => other(5),
+            Metric::StaleAnswer => other(6),
         }
     }
 }

@@ -1690,3 +1690,36 @@ fn reconfigurations_do_not_grow_shared_data() {
     );
     assert_eq!(upstream.count(), TOKENS * (REFILLS + 1));
 }
+
+/// Stale-if-error in a real Envoy with two workers: an entry that expired moments ago decides
+/// while the identity server answers 500 (binding still checked), until the bound; off, 503.
+#[test]
+fn an_expired_entry_is_served_stale_within_the_bound_while_the_identity_server_fails() {
+    for stale in [4, 0] {
+        let f = Fixture::with_opts(
+            Format::Json,
+            |c| c["cache"] = json!({"max_ttl_seconds": 1, "stale_if_error_seconds": stale}),
+            |o| o.concurrency = 2,
+        );
+        let token = f.bound_token(CLIENT, SCOPES);
+        assert_eq!(f.get(CLIENT, PROTECTED_PATH, Some(&token)).status, 200);
+        f.idp.register(&token, Behaviour::Status500);
+        std::thread::sleep(Duration::from_millis(2200));
+        // A new client (and connection) per request: both workers are asked.
+        for _ in 0..4 {
+            let r = f.get(CLIENT, PROTECTED_PATH, Some(&token));
+            let expected = if stale > 0 { 200 } else { 503 };
+            assert_eq!(r.status, expected, "stale_if_error_seconds {stale}: {r:?}");
+        }
+        if stale == 0 {
+            assert_eq!(f.counter("certbound.stale_answers"), 0);
+            continue;
+        }
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(f.counter("certbound.stale_answers") >= 4);
+        assert_invalid_token(&f.get(CLIENT2, PROTECTED_PATH, Some(&token)));
+        // Past the bound (about 1 s of life and 4 s of staleness): 503.
+        std::thread::sleep(Duration::from_millis(3500));
+        assert_eq!(f.get(CLIENT, PROTECTED_PATH, Some(&token)).status, 503);
+    }
+}

@@ -133,6 +133,9 @@ pub struct CacheSettings {
     pub max_entries: u32,
     pub max_ttl_seconds: u64,
     pub negative_ttl_seconds: u64,
+    /// How long past its expiry a positive entry may still decide a request while the identity
+    /// server is unavailable (never past the token's `exp`); 0: never.
+    pub stale_if_error_seconds: u64,
 }
 
 /// What a request must satisfy once its token is known to be active.

@@ -75,6 +75,7 @@ struct RawCache {
     max_entries: Option<u32>,
     max_ttl_seconds: Option<u64>,
     negative_ttl_seconds: Option<u64>,
+    stale_if_error_seconds: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -471,6 +472,10 @@ fn cache(rc: RawCache) -> Result<CacheSettings> {
             3600,
             "cache.negative_ttl_seconds",
         )?,
+        stale_if_error_seconds: match rc.stale_if_error_seconds.unwrap_or(0) {
+            s @ 0..=3600 => s,
+            _ => return err("cache.stale_if_error_seconds", "must be at most 3600"),
+        },
     })
 }
 

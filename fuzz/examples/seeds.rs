@@ -132,6 +132,7 @@ fn main() {
         let entry = Entry {
             key: TokenKey([3; 32]),
             expires_at: NOW + 60,
+            stale_until: NOW + 90,
             state,
         };
         seeds.push(("cache_entry", encode(&entry)));

@@ -1324,3 +1324,77 @@ fn a_cidr_trusts_the_peer_address_only() {
     let r = on_connection(&mut p, "tok", &[("client-cert", &cc)], &[]);
     assert_eq!(p.status(r), 401);
 }
+
+#[test]
+fn stale_if_error_serves_a_recently_expired_entry_within_its_bound_only() {
+    let mut v = config("json");
+    v["cache"] = json!({"stale_if_error_seconds": 30});
+    let mut p = Proxy::new(&v, NOW);
+    let five = [("cache-control", "max-age=5")];
+    let r = p.get(PATH, "tok", Some(MINE));
+    p.answer(r, 200, &five, &active_json(MINE));
+    assert_eq!(p.status(r), 200);
+    // Expired 5 s ago; the identity server fails in every way that means "unavailable".
+    p.advance(10);
+    let r = p.get(PATH, "tok", Some(MINE));
+    assert_eq!(
+        p.fate(r),
+        Fate::Paused,
+        "an expired entry is introspected again"
+    );
+    p.answer(r, 503, &[], b"");
+    assert_eq!(p.status(r), 200, "served stale");
+    let r = p.get(PATH, "tok", Some(MINE));
+    p.fail_call(r);
+    assert_eq!(p.status(r), 200);
+    // Binding and scopes are still checked on a stale entry.
+    let r = p.get(PATH, "tok", Some(OTHER));
+    p.fail_call(r);
+    assert_eq!(p.status(r), 401);
+    let r = p.get("/api/admin/x", "tok", Some(MINE));
+    p.fail_call(r);
+    assert_eq!(p.status(r), 403);
+    assert_eq!(p.counter("stale_answers"), 2);
+    // A bad answer is not unavailability: no stale answer.
+    let r = p.get(PATH, "tok", Some(MINE));
+    p.answer(r, 200, &[], b"not json");
+    assert_eq!(p.status(r), 502);
+    // Past the bound (expired at NOW+5, stale until NOW+35): 503.
+    p.advance(26);
+    let r = p.get(PATH, "tok", Some(MINE));
+    p.fail_call(r);
+    assert_eq!(p.status(r), 503);
+    assert_eq!(p.counter("stale_answers"), 2);
+
+    // Never past the token's own exp, never for an inactive token.
+    let mut p = Proxy::new(&v, NOW);
+    let mut soon = members(MINE);
+    soon["exp"] = json!(NOW + 8);
+    let r = p.get(PATH, "short", Some(MINE));
+    p.answer(r, 200, &five, soon.to_string().as_bytes());
+    let r = p.get(PATH, "gone", Some(MINE));
+    p.answer(r, 200, &[], br#"{"active": false}"#);
+    assert_eq!(p.status(r), 401);
+    p.advance(7);
+    let r = p.get(PATH, "short", Some(MINE));
+    p.fail_call(r);
+    assert_eq!(p.status(r), 200, "stale, before exp");
+    p.advance(2);
+    let r = p.get(PATH, "short", Some(MINE));
+    p.fail_call(r);
+    assert_eq!(p.status(r), 503, "exp has passed");
+    p.advance(5);
+    let r = p.get(PATH, "gone", Some(MINE));
+    p.fail_call(r);
+    assert_eq!(p.status(r), 503, "an inactive entry is never served stale");
+
+    // Off (the default): an expired entry is never used.
+    let mut p = Proxy::new(&config("json"), NOW);
+    let r = p.get(PATH, "tok", Some(MINE));
+    p.answer(r, 200, &five, &active_json(MINE));
+    p.advance(6);
+    let r = p.get(PATH, "tok", Some(MINE));
+    p.fail_call(r);
+    assert_eq!(p.status(r), 503);
+    assert_eq!(p.counter("stale_answers"), 0);
+}

@@ -25,6 +25,10 @@ fn minimal_configs_get_the_documented_defaults() {
     assert_eq!(j.jwks.max_age_seconds, 300);
     assert_eq!(c.cache.max_entries, 10_000);
     assert_eq!(c.cache.negative_ttl_seconds, 10);
+    assert_eq!(
+        c.cache.stale_if_error_seconds, 0,
+        "stale-if-error is off by default"
+    );
     assert!(c.default_policy.as_ref().unwrap().require_binding);
     assert_eq!(c.fingerprint.len(), 16);
 
@@ -343,6 +347,11 @@ fn every_bad_configuration_names_its_field() {
             "json",
             |v| v["realm"] = json!("bänk"),
             "realm: must be non-empty printable ASCII",
+        ),
+        (
+            "json",
+            |v| v["cache"] = json!({"stale_if_error_seconds": 3601}),
+            "cache.stale_if_error_seconds: must be at most 3600",
         ),
         (
             "json",
