@@ -4,6 +4,7 @@
 import { createHash, randomBytes, X509Certificate } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:https';
+import { createServer as createPlainServer } from 'node:http';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -45,8 +46,14 @@ const issuerRelative = issuerPath.slice(MOUNT.length); // e.g. /oauth-anonymous
 const ROUTES = {
   token: '/oauth-token-mutual-tls',
   introspection: '/oauth-introspect',
+  revocation: '/oauth-revoke',
   jwks: `${issuerRelative}/jwks`,
 };
+// The feed of signed revocation events (Security Event Tokens, RFC 8417), for the gateway only.
+const EVENTS_PATH = `${MOUNT}/oauth-revocation-events`;
+const GATEWAY_DN = env.IDSVR_GATEWAY_DN || 'CN=certbound-gateway,O=Example Bank';
+// The operator's offboarding action, on plain HTTP on the loopback: only when a port is given.
+const ADMIN_PORT = env.IDSVR_ADMIN_PORT ? Number(env.IDSVR_ADMIN_PORT) : undefined;
 
 if (!Number.isInteger(ACCESS_TOKEN_TTL) || ACCESS_TOKEN_TTL <= 0) {
   throw new Error('IDSVR_ACCESS_TOKEN_TTL must be a positive integer (seconds)');
@@ -171,8 +178,54 @@ const clients = [
 ];
 const INTROSPECTORS = new Set(['introspect-client', 'certbound-gateway']);
 
+// Storage in this process (as oidc-provider's MemoryAdapter), but with every payload reachable:
+// offboarding a partner destroys all its access tokens. Expired entries are dropped as they are met.
+const stored = new Map(); // `${model}:${id}` -> { payload, expiresAt (ms) }
+class Adapter {
+  constructor(model) { this.model = model; }
+
+  key(id) { return `${this.model}:${id}`; }
+
+  static live(entry) { return entry && !(entry.expiresAt && entry.expiresAt <= Date.now()); }
+
+  async upsert(id, payload, expiresIn) {
+    // Bounded by time, and swept when it grows: a flood of tokens lasts at most their lifetime.
+    if (stored.size >= 10000) for (const [key, entry] of stored) if (!Adapter.live(entry)) stored.delete(key);
+    stored.set(this.key(id), { payload: { ...payload }, expiresAt: expiresIn ? Date.now() + expiresIn * 1000 : undefined });
+  }
+
+  async find(id) {
+    const entry = stored.get(this.key(id));
+    if (Adapter.live(entry)) return entry.payload;
+    stored.delete(this.key(id));
+    return undefined;
+  }
+
+  async findByUid(uid) {
+    for (const entry of stored.values()) if (Adapter.live(entry) && entry.payload.uid === uid) return entry.payload;
+    return undefined;
+  }
+
+  async findByUserCode(userCode) {
+    for (const entry of stored.values()) if (Adapter.live(entry) && entry.payload.userCode === userCode) return entry.payload;
+    return undefined;
+  }
+
+  async consume(id) {
+    const entry = stored.get(this.key(id));
+    if (entry) entry.payload.consumed = Math.floor(Date.now() / 1000);
+  }
+
+  async destroy(id) { stored.delete(this.key(id)); }
+
+  async revokeByGrantId(grantId) {
+    for (const [key, entry] of stored) if (entry.payload.grantId === grantId) stored.delete(key);
+  }
+}
+
 const provider = new Provider(ISSUER, {
   clients,
+  adapter: Adapter,
   jwks: { keys: [signingJwk] },
   cookies: { keys: cookieKeys.keys },
   routes: ROUTES,
@@ -219,6 +272,8 @@ const provider = new Provider(ISSUER, {
       allowedPolicy: (ctx, client) => INTROSPECTORS.has(client.clientId),
     },
     jwtIntrospection: { enabled: true },
+    // RFC 7009: a partner revokes its own tokens, authenticated as at the token endpoint.
+    revocation: { enabled: true },
     mTLS: {
       enabled: true,
       certificateBoundAccessTokens: true,
@@ -287,6 +342,62 @@ provider.use(async (ctx, next) => {
   ctx.type = PHANTOM;
 });
 
+// Revocation events: one Security Event Token (RFC 8417) per revoked token or offboarded client,
+// signed with the provider's key (the gateway verifies them with the JWKS, typ secevent+jwt), kept
+// until the tokens they name have expired, served in order after a cursor. A token is named by the
+// hash the phantom JWT's jti carries: the first 32 characters of base64url(SHA-256(token)).
+const TOKEN_REVOKED = 'https://certbound.example/secevent/token-revoked';
+const CLIENT_OFFBOARDED = 'https://certbound.example/secevent/client-offboarded';
+const revocationEvents = []; // { seq, until (s), set }
+let lastSeq = 0;
+const tokenHash = (token) => createHash('sha256').update(String(token)).digest('base64url').slice(0, 32);
+async function publish(event, until) {
+  const now = Math.floor(Date.now() / 1000);
+  lastSeq += 1;
+  const set = await new SignJWT({ events: event })
+    .setProtectedHeader({ alg: 'PS256', typ: 'secevent+jwt', kid: signingJwk.kid })
+    .setIssuer(provider.issuer)
+    .setAudience('certbound-gateway')
+    .setIssuedAt(now)
+    .setJti(`${lastSeq}-${randomBytes(8).toString('hex')}`)
+    .sign(signingKey);
+  revocationEvents.push({ seq: lastSeq, until, set });
+  while (revocationEvents.length && revocationEvents[0].until <= now) revocationEvents.shift();
+}
+// An access token destroyed by RFC 7009 revocation (ClientCredentials is the client_credentials kind).
+provider.on('client_credentials.destroyed', (token) => {
+  publish({ [TOKEN_REVOKED]: { token_hash: tokenHash(token.jti), client_id: token.clientId } }, token.exp)
+    .catch((e) => console.error('revocation event not published', e));
+});
+// Offboarding: every access token of the client is destroyed, one event names them all.
+async function offboard(clientId) {
+  const now = Math.floor(Date.now() / 1000);
+  let destroyed = 0;
+  for (const [key, entry] of stored) {
+    if (key.startsWith('ClientCredentials:') && entry.payload.clientId === clientId) {
+      stored.delete(key);
+      destroyed += 1;
+    }
+  }
+  await publish({ [CLIENT_OFFBOARDED]: { client_id: clientId, issued_before: now + 1 } }, now + 1 + ACCESS_TOKEN_TTL);
+  return destroyed;
+}
+function serveEvents(req, res, url) {
+  const peer = req.socket.getPeerCertificate?.(true);
+  const subject = peer?.raw ? new X509Certificate(peer.raw).subject : '';
+  const gateway = req.socket.authorized === true
+    && JSON.stringify(parseNodeSubject(subject)) === JSON.stringify(parseRfc4514(GATEWAY_DN));
+  if (!gateway) {
+    res.writeHead(403, { 'content-type': 'application/json' });
+    res.end('{"error":"access_denied"}');
+    return;
+  }
+  const after = Number(url.searchParams.get('after') || 0);
+  const events = revocationEvents.filter((e) => e.seq > after).map((e) => e.set);
+  res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+  res.end(JSON.stringify({ events, next: lastSeq }));
+}
+
 // Mount: /oauth/v2/* goes to the provider with the prefix stripped; discovery documents under the
 // issuer path are rewritten to the provider's fixed /.well-known routes.
 const callback = provider.callback();
@@ -299,6 +410,10 @@ const server = createServer({
 }, (req, res) => {
   const url = req.url || '/';
   let inner;
+  if (req.method === 'GET' && url.split('?')[0] === EVENTS_PATH) {
+    serveEvents(req, res, new URL(url, 'https://idsvr'));
+    return;
+  }
   if (url.startsWith(`${issuerPath}/.well-known/`)) {
     inner = url.slice(issuerPath.length);
   } else if (url.startsWith(`${MOUNT}/`)) {
@@ -315,7 +430,7 @@ const server = createServer({
 
 // Log why a request failed (error_detail is not sent to the client); never the token or secret.
 provider.on('server_error', (ctx, err) => console.error('server_error', ctx.path, err));
-for (const event of ['grant.error', 'introspection.error', 'jwks.error', 'discovery.error']) {
+for (const event of ['grant.error', 'introspection.error', 'revocation.error', 'jwks.error', 'discovery.error']) {
   provider.on(event, (ctx, err) => {
     const client = ctx.oidc?.entities?.Client?.clientId ?? ctx.oidc?.params?.client_id ?? '-';
     console.error(event, `client=${client}`, err.error, err.error_detail || err.error_description || '');
@@ -327,10 +442,36 @@ server.listen(PORT, HOST, () => {
   console.log(`idsvr listening on ${base} issuer=${ISSUER}`);
   console.log(`  token:         ${MOUNT}${ROUTES.token}`);
   console.log(`  introspection: ${MOUNT}${ROUTES.introspection}`);
+  console.log(`  revocation:    ${MOUNT}${ROUTES.revocation}`);
+  console.log(`  events:        ${EVENTS_PATH}`);
   console.log(`  jwks:          ${MOUNT}${ROUTES.jwks}`);
   console.log(`  discovery:     ${issuerPath}/.well-known/openid-configuration`);
 });
 
+// POST /admin/offboard with client_id=<id>: the operator offboards a partner.
+const admin = ADMIN_PORT === undefined ? undefined : createPlainServer((req, res) => {
+  let body = '';
+  req.on('data', (d) => { body += d; if (body.length > 4096) req.destroy(); });
+  req.on('end', async () => {
+    const clientId = new URLSearchParams(body).get('client_id');
+    if (req.method !== 'POST' || req.url !== '/admin/offboard' || !clientId
+      || !clients.some((c) => c.client_id === clientId)) {
+      res.writeHead(400, { 'content-type': 'application/json' });
+      res.end('{"error":"invalid_request"}');
+      return;
+    }
+    const destroyed = await offboard(clientId);
+    console.log(`offboarded client=${clientId}: ${destroyed} access tokens destroyed`);
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ client_id: clientId, destroyed }));
+  });
+});
+admin?.listen(ADMIN_PORT, '127.0.0.1', () => console.log(`  admin:         http://127.0.0.1:${admin.address().port}/admin/offboard`));
+
 for (const sig of ['SIGINT', 'SIGTERM']) {
-  process.on(sig, () => { server.close(() => process.exit(0)); server.closeAllConnections(); });
+  process.on(sig, () => {
+    admin?.close();
+    server.close(() => process.exit(0));
+    server.closeAllConnections();
+  });
 }

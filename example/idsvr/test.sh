@@ -15,7 +15,9 @@ done
 
 SECRET="test-introspect-secret"
 TTL=120
-PORT="$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')"
+free_port() { node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'; }
+PORT="$(free_port)"
+ADMIN_PORT="$(free_port)"
 STATE="$(mktemp -d)"
 LOG="$STATE/server.log"
 SERVER_PID=""
@@ -43,7 +45,7 @@ wait_ready() {
 
 start_server() {
   CERTS_DIR="$CERTS_DIR" IDSVR_PORT="$PORT" IDSVR_HOST=127.0.0.1 IDSVR_STATE_DIR="$STATE/state" \
-    IDSVR_ACCESS_TOKEN_TTL="$TTL" INTROSPECT_CLIENT_SECRET="$SECRET" \
+    IDSVR_ACCESS_TOKEN_TTL="$TTL" INTROSPECT_CLIENT_SECRET="$SECRET" IDSVR_ADMIN_PORT="$ADMIN_PORT" \
     node "$HERE/server.js" >>"$LOG" 2>&1 &
   SERVER_PID=$!
   wait_ready
@@ -187,6 +189,60 @@ kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null
 start_server
 KID_AFTER="$("${CURL[@]}" "$JWKS_URL" | json '.keys[0].kid')"
 check "same signing key (kid) after a restart" eq "$KID_AFTER" "$KID_BEFORE"
+
+# 11. RFC 7009 revocation by the partner, and the signed event the gateway reads from the feed.
+REVOKE_URL="$BASE/oauth/v2/oauth-revoke"
+EVENTS_URL="$BASE/oauth/v2/oauth-revocation-events"
+token_hash() { printf %s "$1" | openssl dgst -sha256 -binary | base64 | tr '+/' '-_' | tr -d '=' | cut -c1-32; }
+revoke() { # cert-basename client_id token -> echoes HTTP status
+  "${CURL[@]}" -o "$STATE/out" -w '%{http_code}' --cert "$CERTS_DIR/$1.pem" --key "$CERTS_DIR/$1.key" \
+    -d "client_id=$2" --data-urlencode "token=$3" "$REVOKE_URL"
+}
+events() { # cert-basename-or-empty after -> body in $STATE/out, echoes HTTP status
+  local cert=()
+  [[ -n "$1" ]] && cert=(--cert "$CERTS_DIR/$1.pem" --key "$CERTS_DIR/$1.key")
+  "${CURL[@]}" -o "$STATE/out" -w '%{http_code}' "${cert[@]}" "$EVENTS_URL?after=$2"
+}
+token_request example.client partner-client transactions >/dev/null
+R1="$(json .access_token <"$STATE/out")"
+token_request example.client partner-client transactions >/dev/null
+R2="$(json .access_token <"$STATE/out")"
+check "another partner cannot revoke partner-client's token: HTTP 400" eq "$(revoke example.client2 partner-client-2 "$R1")" 400
+introspect "$R1" application/json >/dev/null
+check "the token stays active" eq "$(json .active <"$STATE/out")" true
+check "partner-client revokes its token: HTTP 200" eq "$(revoke example.client partner-client "$R1")" 200
+introspect "$R1" application/json >/dev/null
+check "a revoked token is inactive" eq "$(json .active <"$STATE/out")" false
+introspect "$R2" application/json >/dev/null
+check "its other token is still active" eq "$(json .active <"$STATE/out")" true
+check "the event feed without a certificate: HTTP 403" eq "$(events '' 0)" 403
+check "the event feed for a partner: HTTP 403" eq "$(events example.client 0)" 403
+check "the event feed for the gateway: HTTP 200" eq "$(events example.gateway 0)" 200
+feed="$(cat "$STATE/out")"
+NEXT="$(json .next <<<"$feed")"
+out="$(verify_jwt "$(json '.events[0]' <<<"$feed")" secevent+jwt)"
+check "the revocation event is a SET signed with the JWKS (typ secevent+jwt)" test -n "$out"
+payload="${out#* }"
+check "the event names the token by its hash" eq "$(json '.events["https://certbound.example/secevent/token-revoked"].token_hash' <<<"$payload")" "$(token_hash "$R1")"
+check "the event is for the gateway" eq "$(json .aud <<<"$payload")" certbound-gateway
+events example.gateway "$NEXT" >/dev/null
+check "nothing after the cursor" eq "$(json '.events.length' <"$STATE/out")" 0
+
+# 12. Offboarding a partner: all its tokens are destroyed, one event; other partners unaffected.
+token_request example.client2 partner-client-2 transactions >/dev/null
+O1="$(json .access_token <"$STATE/out")"
+status="$(curl -sS --max-time 5 -o "$STATE/out" -w '%{http_code}' -d client_id=partner-client-2 "http://127.0.0.1:$ADMIN_PORT/admin/offboard")"
+check "offboarding partner-client-2: HTTP 200" eq "$status" 200
+introspect "$O1" application/json >/dev/null
+check "the offboarded partner's token is inactive" eq "$(json .active <"$STATE/out")" false
+introspect "$R2" application/json >/dev/null
+check "another partner's token is still active" eq "$(json .active <"$STATE/out")" true
+events example.gateway "$NEXT" >/dev/null
+out="$(verify_jwt "$(json '.events[0]' <"$STATE/out")" secevent+jwt)"
+payload="${out#* }"
+check "the offboarding event names the client" eq "$(json '.events["https://certbound.example/secevent/client-offboarded"].client_id' <<<"$payload")" partner-client-2
+status="$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' -d client_id=nobody "http://127.0.0.1:$ADMIN_PORT/admin/offboard")"
+check "offboarding an unknown client: HTTP 400" eq "$status" 400
 
 if (( failed > 0 )); then echo "--- server log" >&2; cat "$LOG" >&2; fi
 echo "$passed passed, $failed failed"
