@@ -359,6 +359,8 @@ async function publish(event, until) {
     .setIssuer(provider.issuer)
     .setAudience('certbound-gateway')
     .setIssuedAt(now)
+    // Until the tokens it names have expired: a gateway may drop the event after that.
+    .setExpirationTime(until)
     .setJti(`${lastSeq}-${randomBytes(8).toString('hex')}`)
     .sign(signingKey);
   revocationEvents.push({ seq: lastSeq, until, set });

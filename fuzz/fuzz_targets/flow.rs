@@ -31,7 +31,10 @@ const HEADER_NAMES: &[&str] = &[
     "x-client-id",
     "x_client_id",
     "client-cert",
+    "client_cert",
+    "client-cert-chain",
     "x-forwarded-client-cert",
+    "x_forwarded_client_cert",
     "x-sub",
     "cookie",
 ];
@@ -71,6 +74,10 @@ enum Op {
         auth: Auth,
         cert: Option<u8>,
         headers: Vec<(u8, String)>,
+        /// `x-forwarded-client-cert: Hash=<one of CERTS>`.
+        xfcc: Option<u8>,
+        /// The peer address: trusted (10.0.0.1) by the header-source configurations, or not.
+        trusted: bool,
     },
     Answer {
         which: u8,
@@ -92,6 +99,9 @@ enum Op {
 #[derive(Arbitrary, Debug)]
 struct Input {
     format: u8,
+    /// 0: the connection only; 1: xfcc from 10.0.0.0/8, then the connection; 2: client-cert from
+    /// 10.0.0.0/8, forwarding the hash.
+    sources: u8,
     ops: Vec<Op>,
 }
 
@@ -158,9 +168,22 @@ fn body_bytes(body: Body) -> Vec<u8> {
 }
 
 fuzz_target!(|input: Input| {
-    let config = certbound_fuzz::config_json(input.format);
+    let mut config = certbound_fuzz::config_json(input.format);
+    let sources = input.sources % 3;
+    let hop = serde_json::json!({"cidrs": ["10.0.0.0/8"]});
+    match sources {
+        1 => {
+            config["client_certificate"] =
+                serde_json::json!({"sources": ["xfcc", "connection"], "trusted_hop": hop})
+        }
+        2 => {
+            config["client_certificate"] = serde_json::json!({"sources": ["client-cert"],
+                "trusted_hop": hop, "forward_xfcc_hash": true})
+        }
+        _ => {}
+    }
     let mut proxy = Proxy::new(&config, NOW);
-    // (context, had a certificate, path)
+    // (context, had a certificate: its own or one a trusted hop could have sent, path)
     let mut requests: Vec<(u32, bool, String)> = Vec::new();
     let pick = |requests: &Vec<(u32, bool, String)>, which: u8| {
         (!requests.is_empty()).then(|| requests[usize::from(which) % requests.len()].0)
@@ -174,6 +197,8 @@ fuzz_target!(|input: Input| {
                 auth,
                 cert,
                 headers,
+                xfcc,
+                trusted,
             } => {
                 let path =
                     raw_path.unwrap_or_else(|| PATHS[usize::from(path) % PATHS.len()].to_string());
@@ -200,11 +225,34 @@ fuzz_target!(|input: Input| {
                         value,
                     ));
                 }
+                if let Some(x) = xfcc {
+                    let t = CERTS[usize::from(x % 2)];
+                    h.push((
+                        "x-forwarded-client-cert".into(),
+                        format!("Hash={}", t.to_hex()),
+                    ));
+                }
                 let refs: Vec<(&str, &str)> =
                     h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
                 let cert = cert.map(|c| CERTS[usize::from(c % 2)]);
-                let id = proxy.request(&refs, cert);
-                requests.push((id, cert.is_some(), path));
+                let digest = cert.map(|t| t.to_hex());
+                let address: &[u8] = if trusted {
+                    b"10.0.0.1:5000"
+                } else {
+                    b"192.0.2.1:5000"
+                };
+                let mut properties: Vec<(&str, &[u8])> = vec![("source.address", address)];
+                if let Some(d) = &digest {
+                    properties.push(("sha256_peer_certificate_digest", d.as_bytes()));
+                }
+                let id = proxy.request_on(&refs, &properties);
+                // From the trusted hop, a certificate header may carry the certificate.
+                let from_hop = trusted
+                    && sources != 0
+                    && refs
+                        .iter()
+                        .any(|(k, _)| *k == "x-forwarded-client-cert" || *k == "client-cert");
+                requests.push((id, cert.is_some() || from_hop, path));
             }
             Op::Answer {
                 which,
@@ -259,6 +307,22 @@ fuzz_target!(|input: Input| {
                     *had_cert || path.to_ascii_lowercase().starts_with("/public"),
                     "forwarded without a certificate: {path}"
                 );
+                // No certificate header reaches the upstream (none of these configurations
+                // forwards one), but the hash certbound sets itself.
+                for (name, value) in &stream.headers {
+                    let n = name.to_ascii_lowercase().replace('_', "-");
+                    let own_hash = sources == 2
+                        && name == "x-forwarded-client-cert"
+                        && value.len() == 69
+                        && value.starts_with("Hash=");
+                    assert!(
+                        !matches!(
+                            n.as_str(),
+                            "x-forwarded-client-cert" | "client-cert" | "client-cert-chain"
+                        ) || own_hash,
+                        "a certificate header reached the upstream: {name}: {value}"
+                    );
+                }
             }
         }
     }
