@@ -244,15 +244,9 @@ fn behind_other_terminators(system: &System, partner: &Partner, thief: &Partner)
         ":{}:",
         base64::engine::general_purpose::STANDARD.encode(&der)
     );
-    let victim_pem: String = pem
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
+    // As nginx's $ssl_client_escaped_cert sends it.
+    let victim_pem =
+        percent_encoding::utf8_percent_encode(&pem, percent_encoding::NON_ALPHANUMERIC).to_string();
     for (host, header, forged) in [
         (
             "api-mesh.example.com",
