@@ -188,24 +188,22 @@ impl TokenCache<'_> {
 
     /// The live entry for `key`, if any.
     pub fn lookup(&self, store: &dyn SharedStore, key: &TokenKey, now: u64) -> Option<Entry> {
-        self.find(store, key, |e| e.expires_at > now)
-    }
-
-    /// The expired entry for `key` that may still decide while the identity server is down.
-    pub fn lookup_stale(&self, store: &dyn SharedStore, key: &TokenKey, now: u64) -> Option<Entry> {
-        self.find(store, key, |e| e.stale_until > now)
-    }
-
-    fn find(
-        &self,
-        store: &dyn SharedStore,
-        key: &TokenKey,
-        usable: impl Fn(&Entry) -> bool,
-    ) -> Option<Entry> {
         key.slots(self.max_entries).into_iter().find_map(|slot| {
             let (entry, _) = self.read(store, &self.slot_key(slot))?;
-            entry.filter(|e| e.key == *key && usable(e))
+            entry.filter(|e| e.key == *key && e.expires_at > now)
         })
+    }
+
+    /// Every entry for `key` (in either slot) that may still decide while the identity server is
+    /// down (`Entry::stale_until`).
+    pub fn stale_entries(&self, store: &dyn SharedStore, key: &TokenKey, now: u64) -> Vec<Entry> {
+        key.slots(self.max_entries)
+            .into_iter()
+            .filter_map(|slot| {
+                let (entry, _) = self.read(store, &self.slot_key(slot))?;
+                entry.filter(|e| e.key == *key && e.stale_until > now)
+            })
+            .collect()
     }
 
     /// Stores `entry` in one of its two slots: the one it already holds, else a free or expired
@@ -215,11 +213,17 @@ impl TokenCache<'_> {
         for slot in entry.key.slots(self.max_entries) {
             let key = self.slot_key(slot);
             let (rank, cas) = match self.read(store, &key) {
+                // The slot this key holds is always the one rewritten: an answer replaces the
+                // older one (an inactive answer must not leave a positive one in the other slot).
+                Some((Some(old), cas)) if old.key == entry.key => {
+                    store.set(&key, &self.seal.seal(encode(entry)), cas);
+                    return;
+                }
                 None => (0, None),
                 Some((Some(old), cas)) if old.key != entry.key && old.expires_at > now => {
                     (old.expires_at, cas)
                 }
-                // Ours, expired, corrupt, or another configuration's.
+                // Expired, corrupt, or another configuration's.
                 Some((_, cas)) => (0, cas),
             };
             if best.as_ref().is_none_or(|(r, _, _)| rank < *r) {
@@ -250,11 +254,6 @@ impl LocalCache {
     #[inline]
     pub fn get(&self, key: &TokenKey, now: u64) -> Option<Rc<Entry>> {
         self.map.get(key).filter(|e| e.expires_at > now).cloned()
-    }
-
-    /// An expired entry that may still decide while the identity server is down.
-    pub fn get_stale(&self, key: &TokenKey, now: u64) -> Option<Rc<Entry>> {
-        self.map.get(key).filter(|e| e.stale_until > now).cloned()
     }
 
     pub fn put(&mut self, entry: Rc<Entry>) {
@@ -500,6 +499,50 @@ mod tests {
                 headers: vec![("x-certbound-client-id".into(), "partner-client".into())],
             }),
         }
+    }
+
+    #[test]
+    fn an_answer_replaces_the_older_one_in_the_slot_it_holds() {
+        // `key` may live in slots 0 and 1, `other` in 0 and 2 (of 4).
+        let with_slots = |a: u8, b: u8, fill: u8| {
+            let mut k = [fill; 32];
+            k[..4].copy_from_slice(&u32::from(a).to_le_bytes());
+            k[4..8].copy_from_slice(&u32::from(b).to_le_bytes());
+            TokenKey(k)
+        };
+        let key = with_slots(0, 1, 9);
+        let other = with_slots(0, 2, 8);
+        let store = MemoryStore::default();
+        let c = cache(4);
+        // `other` holds slot 0, so the positive entry goes to slot 1.
+        c.insert(
+            &store,
+            &Entry {
+                key: other,
+                ..active("o", 100)
+            },
+            0,
+        );
+        c.insert(
+            &store,
+            &Entry {
+                key,
+                stale_until: 400,
+                ..active("k", 100)
+            },
+            0,
+        );
+        // Later `other` has expired (slot 0 is free): the inactive answer must still replace the
+        // positive entry in slot 1, not sit beside it in slot 0.
+        let inactive = Entry {
+            key,
+            expires_at: 200,
+            stale_until: 250,
+            state: TokenState::Inactive,
+        };
+        c.insert(&store, &inactive, 150);
+        let known = c.stale_entries(&store, &key, 210);
+        assert_eq!(known, vec![inactive]);
     }
 
     #[test]

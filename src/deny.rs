@@ -199,7 +199,9 @@ impl From<TokenError> for DenyReason {
 impl From<Failure> for DenyReason {
     fn from(f: Failure) -> Self {
         match f {
-            Failure::Unavailable(why) => DenyReason::IntrospectionUnavailable(why),
+            Failure::Unavailable(why) | Failure::Cancelled(why) => {
+                DenyReason::IntrospectionUnavailable(why)
+            }
             Failure::Bad(why) => DenyReason::IntrospectionBadResponse(why),
         }
     }

@@ -341,7 +341,7 @@ pub fn on_gone(
         .map(|i| i.waiters)
         .unwrap_or_default();
     let why = "the request checking this token went away; retry";
-    let reason = DenyReason::from(Failure::Unavailable(why));
+    let reason = DenyReason::from(Failure::Cancelled(why));
     let mut verdicts: Vec<(u32, Verdict)> = waiters
         .iter()
         .map(|w| (w.context_id, deny(cfg, st, reason, w, None)))
@@ -350,7 +350,7 @@ pub fn on_gone(
     match st.key_set_fetch.take() {
         Some(fetch) if fetch.by == key => {
             for other in fetch.waiting {
-                verdicts.extend(fail(cfg, st, store, now, other, Failure::Unavailable(why)));
+                verdicts.extend(fail(cfg, st, store, now, other, Failure::Cancelled(why)));
             }
         }
         Some(mut fetch) => {
@@ -799,8 +799,10 @@ fn fail(
         .collect()
 }
 
-/// The expired positive entry of `key` that may still decide (`Entry::stale_until`), from this
-/// worker's cache or shared data.
+/// The expired positive entry of `key` that may still decide (`Entry::stale_until`), from shared
+/// data only, and only if no entry there says the token is inactive (an inactive answer is kept
+/// as long as a positive one could be served stale: `introspection::inactive_entry`). This
+/// worker's own copy is not used: another worker may have learnt since that the token is inactive.
 fn stale_entry(
     cfg: &Config,
     st: &State,
@@ -808,12 +810,17 @@ fn stale_entry(
     key: &TokenKey,
     now: u64,
 ) -> Option<Rc<Entry>> {
-    let entry = st.local.get_stale(key, now).or_else(|| {
-        token_cache(cfg, &st.seal)
-            .lookup_stale(store, key, now)
-            .map(Rc::new)
-    })?;
-    matches!(entry.state, TokenState::Active(_)).then_some(entry)
+    let known = token_cache(cfg, &st.seal).stale_entries(store, key, now);
+    if known
+        .iter()
+        .any(|e| matches!(e.state, TokenState::Inactive))
+    {
+        return None;
+    }
+    known
+        .into_iter()
+        .find(|e| matches!(e.state, TokenState::Active(_)))
+        .map(Rc::new)
 }
 
 /// Ends a check: caches what may be cached, then decides every request that waited for it.

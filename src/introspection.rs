@@ -75,8 +75,11 @@ pub enum Answer {
 /// Why no answer can be used. Never cached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
-    /// The identity server could not answer: 503.
+    /// The identity server could not answer: 503 (or a stale answer, `cache.stale_if_error_seconds`).
     Unavailable(&'static str),
+    /// The check was given up on this side (the request that made its call went away): 503,
+    /// never a stale answer (nothing was unavailable, and the answer may have been "inactive").
+    Cancelled(&'static str),
     /// It answered something unusable: 502.
     Bad(&'static str),
 }
@@ -195,8 +198,9 @@ pub fn inactive_entry(key: TokenKey, now: u64, cfg: &Config) -> Entry {
     Entry {
         key,
         expires_at,
-        // An inactive answer is never served past its life.
-        stale_until: expires_at,
+        // Never served itself (a miss once expired), it is kept in shared data as long as an
+        // older positive entry could be served stale, so that it never is (`flow::stale_entry`).
+        stale_until: expires_at.saturating_add(cfg.cache.stale_if_error_seconds),
         state: TokenState::Inactive,
     }
 }

@@ -52,8 +52,10 @@ const ROUTES = {
 // The feed of signed revocation events (Security Event Tokens, RFC 8417), for the gateway only.
 const EVENTS_PATH = `${MOUNT}/oauth-revocation-events`;
 const GATEWAY_DN = env.IDSVR_GATEWAY_DN || 'CN=certbound-gateway,O=Example Bank';
-// The operator's offboarding action, on plain HTTP on the loopback: only when a port is given.
-const ADMIN_PORT = env.IDSVR_ADMIN_PORT ? Number(env.IDSVR_ADMIN_PORT) : undefined;
+// The operator's offboarding action, on plain HTTP on the loopback: only with a port and a token
+// (Authorization: Bearer <IDSVR_ADMIN_TOKEN>; a browser's cross-site form cannot send it).
+const ADMIN_PORT = env.IDSVR_ADMIN_PORT && env.IDSVR_ADMIN_TOKEN ? Number(env.IDSVR_ADMIN_PORT) : undefined;
+const ADMIN_AUTHORIZATION = `Bearer ${env.IDSVR_ADMIN_TOKEN}`;
 
 if (!Number.isInteger(ACCESS_TOKEN_TTL) || ACCESS_TOKEN_TTL <= 0) {
   throw new Error('IDSVR_ACCESS_TOKEN_TTL must be a positive integer (seconds)');
@@ -201,13 +203,17 @@ class Adapter {
     return undefined;
   }
 
+  * mine() {
+    for (const [key, entry] of stored) if (key.startsWith(`${this.model}:`) && Adapter.live(entry)) yield entry.payload;
+  }
+
   async findByUid(uid) {
-    for (const entry of stored.values()) if (Adapter.live(entry) && entry.payload.uid === uid) return entry.payload;
+    for (const payload of this.mine()) if (payload.uid === uid) return payload;
     return undefined;
   }
 
   async findByUserCode(userCode) {
-    for (const entry of stored.values()) if (Adapter.live(entry) && entry.payload.userCode === userCode) return entry.payload;
+    for (const payload of this.mine()) if (payload.userCode === userCode) return payload;
     return undefined;
   }
 
@@ -273,7 +279,14 @@ const provider = new Provider(ISSUER, {
     },
     jwtIntrospection: { enabled: true },
     // RFC 7009: a partner revokes its own tokens, authenticated as at the token endpoint.
-    revocation: { enabled: true },
+    revocation: {
+      enabled: true,
+      // A client revokes its own tokens only (the library's default, spelled out).
+      allowedPolicy: (ctx, client, token) => {
+        if (token.clientId !== client.clientId) throw new errors.InvalidRequest('client is not authorized to revoke the presented token');
+        return true;
+      },
+    },
     mTLS: {
       enabled: true,
       certificateBoundAccessTokens: true,
@@ -350,29 +363,48 @@ const TOKEN_REVOKED = 'https://certbound.example/secevent/token-revoked';
 const CLIENT_OFFBOARDED = 'https://certbound.example/secevent/client-offboarded';
 const revocationEvents = []; // { seq, until (s), set }
 let lastSeq = 0;
+// The cursor is `<boot>.<seq>`: a cursor from an earlier run of this server is answered from the
+// start (events are not kept across restarts; nor are tokens).
+const BOOT = randomBytes(6).toString('hex');
 const tokenHash = (token) => createHash('sha256').update(String(token)).digest('base64url').slice(0, 32);
-async function publish(event, until) {
-  const now = Math.floor(Date.now() / 1000);
-  lastSeq += 1;
-  const set = await new SignJWT({ events: event })
-    .setProtectedHeader({ alg: 'PS256', typ: 'secevent+jwt', kid: signingJwk.kid })
-    .setIssuer(provider.issuer)
-    .setAudience('certbound-gateway')
-    .setIssuedAt(now)
-    // Until the tokens it names have expired: a gateway may drop the event after that.
-    .setExpirationTime(until)
-    .setJti(`${lastSeq}-${randomBytes(8).toString('hex')}`)
-    .sign(signingKey);
-  revocationEvents.push({ seq: lastSeq, until, set });
-  while (revocationEvents.length && revocationEvents[0].until <= now) revocationEvents.shift();
+// One event at a time, in order: a poll never sees a cursor past an event not yet in the log.
+let publishing = Promise.resolve();
+function publish(event, until) {
+  publishing = publishing.then(async () => {
+    const now = Math.floor(Date.now() / 1000);
+    const seq = lastSeq + 1;
+    // RFC 8417: no exp (it is what tells a SET from an ID token); how long the event matters
+    // is in the event (retain_until: when the tokens it names have all expired).
+    const set = await new SignJWT({ events: event })
+      .setProtectedHeader({ alg: 'PS256', typ: 'secevent+jwt', kid: signingJwk.kid })
+      .setIssuer(provider.issuer)
+      .setAudience('certbound-gateway')
+      .setIssuedAt(now)
+      .setJti(`${BOOT}.${seq}`)
+      .sign(signingKey);
+    revocationEvents.push({ seq, until, set });
+    lastSeq = seq;
+    while (revocationEvents.length && revocationEvents[0].until <= now) revocationEvents.shift();
+  }).catch((e) => console.error('revocation event not published', e));
+  return publishing;
 }
 // An access token destroyed by RFC 7009 revocation (ClientCredentials is the client_credentials kind).
 provider.on('client_credentials.destroyed', (token) => {
-  publish({ [TOKEN_REVOKED]: { token_hash: tokenHash(token.jti), client_id: token.clientId } }, token.exp)
-    .catch((e) => console.error('revocation event not published', e));
+  publish({ [TOKEN_REVOKED]: { token_hash: tokenHash(token.jti), client_id: token.clientId, retain_until: token.exp } }, token.exp);
 });
-// Offboarding: every access token of the client is destroyed, one event names them all.
+// Offboarding: every access token of the client is destroyed, one event names them all, and the
+// client gets no new token (one issued while this runs is destroyed as it is answered).
+const offboarded = new Set();
+provider.use(async (ctx, next) => {
+  await next();
+  if (ctx.path !== ROUTES.token || !offboarded.has(ctx.oidc?.client?.clientId)) return;
+  const issued = ctx.body?.access_token;
+  if (issued) await (await provider.ClientCredentials.find(issued))?.destroy();
+  ctx.status = 400;
+  ctx.body = { error: 'invalid_client', error_description: 'the client is offboarded' };
+});
 async function offboard(clientId) {
+  offboarded.add(clientId);
   const now = Math.floor(Date.now() / 1000);
   let destroyed = 0;
   for (const [key, entry] of stored) {
@@ -381,7 +413,8 @@ async function offboard(clientId) {
       destroyed += 1;
     }
   }
-  await publish({ [CLIENT_OFFBOARDED]: { client_id: clientId, issued_before: now + 1 } }, now + 1 + ACCESS_TOKEN_TTL);
+  const until = now + 1 + ACCESS_TOKEN_TTL;
+  await publish({ [CLIENT_OFFBOARDED]: { client_id: clientId, issued_before: now + 1, retain_until: until } }, until);
   return destroyed;
 }
 function serveEvents(req, res, url) {
@@ -394,10 +427,16 @@ function serveEvents(req, res, url) {
     res.end('{"error":"access_denied"}');
     return;
   }
-  const after = Number(url.searchParams.get('after') || 0);
+  const cursor = /^([0-9a-f]{12})\.([0-9]{1,15})$/.exec(url.searchParams.get('after') || `${BOOT}.0`);
+  if (!cursor) {
+    res.writeHead(400, { 'content-type': 'application/json' });
+    res.end('{"error":"invalid_request","error_description":"after is <boot>.<seq>, as next was"}');
+    return;
+  }
+  const after = cursor[1] === BOOT ? Number(cursor[2]) : 0;
   const events = revocationEvents.filter((e) => e.seq > after).map((e) => e.set);
   res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
-  res.end(JSON.stringify({ events, next: lastSeq }));
+  res.end(JSON.stringify({ events, next: `${BOOT}.${lastSeq}` }));
 }
 
 // Mount: /oauth/v2/* goes to the provider with the prefix stripped; discovery documents under the
@@ -456,6 +495,11 @@ const admin = ADMIN_PORT === undefined ? undefined : createPlainServer((req, res
   req.on('data', (d) => { body += d; if (body.length > 4096) req.destroy(); });
   req.on('end', async () => {
     const clientId = new URLSearchParams(body).get('client_id');
+    if (req.headers.authorization !== ADMIN_AUTHORIZATION) {
+      res.writeHead(401, { 'content-type': 'application/json' });
+      res.end('{"error":"unauthorized"}');
+      return;
+    }
     if (req.method !== 'POST' || req.url !== '/admin/offboard' || !clientId
       || !clients.some((c) => c.client_id === clientId)) {
       res.writeHead(400, { 'content-type': 'application/json' });

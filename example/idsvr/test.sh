@@ -18,6 +18,7 @@ TTL=120
 free_port() { node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'; }
 PORT="$(free_port)"
 ADMIN_PORT="$(free_port)"
+ADMIN_TOKEN="test-admin-token"
 STATE="$(mktemp -d)"
 LOG="$STATE/server.log"
 SERVER_PID=""
@@ -46,6 +47,7 @@ wait_ready() {
 start_server() {
   CERTS_DIR="$CERTS_DIR" IDSVR_PORT="$PORT" IDSVR_HOST=127.0.0.1 IDSVR_STATE_DIR="$STATE/state" \
     IDSVR_ACCESS_TOKEN_TTL="$TTL" INTROSPECT_CLIENT_SECRET="$SECRET" IDSVR_ADMIN_PORT="$ADMIN_PORT" \
+    IDSVR_ADMIN_TOKEN="$ADMIN_TOKEN" \
     node "$HERE/server.js" >>"$LOG" 2>&1 &
   SERVER_PID=$!
   wait_ready
@@ -201,7 +203,9 @@ revoke() { # cert-basename client_id token -> echoes HTTP status
 events() { # cert-basename-or-empty after -> body in $STATE/out, echoes HTTP status
   local cert=()
   [[ -n "$1" ]] && cert=(--cert "$CERTS_DIR/$1.pem" --key "$CERTS_DIR/$1.key")
-  "${CURL[@]}" -o "$STATE/out" -w '%{http_code}' "${cert[@]}" "$EVENTS_URL?after=$2"
+  local after=()
+  [[ -n "$2" ]] && after=(--data-urlencode "after=$2")
+  "${CURL[@]}" -o "$STATE/out" -w '%{http_code}' "${cert[@]}" -G "${after[@]}" "$EVENTS_URL"
 }
 token_request example.client partner-client transactions >/dev/null
 R1="$(json .access_token <"$STATE/out")"
@@ -215,9 +219,11 @@ introspect "$R1" application/json >/dev/null
 check "a revoked token is inactive" eq "$(json .active <"$STATE/out")" false
 introspect "$R2" application/json >/dev/null
 check "its other token is still active" eq "$(json .active <"$STATE/out")" true
-check "the event feed without a certificate: HTTP 403" eq "$(events '' 0)" 403
-check "the event feed for a partner: HTTP 403" eq "$(events example.client 0)" 403
-check "the event feed for the gateway: HTTP 200" eq "$(events example.gateway 0)" 200
+check "the event feed without a certificate: HTTP 403" eq "$(events '' '')" 403
+check "the event feed for a partner: HTTP 403" eq "$(events example.client '')" 403
+check "the event feed for a self-signed certificate: HTTP 403" eq "$(events example.selfsigned '')" 403
+check "a malformed cursor: HTTP 400" eq "$(events example.gateway abc)" 400
+check "the event feed for the gateway: HTTP 200" eq "$(events example.gateway '')" 200
 feed="$(cat "$STATE/out")"
 NEXT="$(json .next <<<"$feed")"
 out="$(verify_jwt "$(json '.events[0]' <<<"$feed")" secevent+jwt)"
@@ -231,8 +237,12 @@ check "nothing after the cursor" eq "$(json '.events.length' <"$STATE/out")" 0
 # 12. Offboarding a partner: all its tokens are destroyed, one event; other partners unaffected.
 token_request example.client2 partner-client-2 transactions >/dev/null
 O1="$(json .access_token <"$STATE/out")"
-status="$(curl -sS --max-time 5 -o "$STATE/out" -w '%{http_code}' -d client_id=partner-client-2 "http://127.0.0.1:$ADMIN_PORT/admin/offboard")"
-check "offboarding partner-client-2: HTTP 200" eq "$status" 200
+offboard() { # client_id [token] -> echoes HTTP status
+  curl -sS --max-time 5 -o "$STATE/out" -w '%{http_code}' -H "Authorization: Bearer ${2-$ADMIN_TOKEN}" \
+    -d "client_id=$1" "http://127.0.0.1:$ADMIN_PORT/admin/offboard"
+}
+check "offboarding without the admin token: HTTP 401" eq "$(offboard partner-client-2 wrong)" 401
+check "offboarding partner-client-2: HTTP 200" eq "$(offboard partner-client-2)" 200
 introspect "$O1" application/json >/dev/null
 check "the offboarded partner's token is inactive" eq "$(json .active <"$STATE/out")" false
 introspect "$R2" application/json >/dev/null
@@ -241,8 +251,9 @@ events example.gateway "$NEXT" >/dev/null
 out="$(verify_jwt "$(json '.events[0]' <"$STATE/out")" secevent+jwt)"
 payload="${out#* }"
 check "the offboarding event names the client" eq "$(json '.events["https://certbound.example/secevent/client-offboarded"].client_id' <<<"$payload")" partner-client-2
-status="$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' -d client_id=nobody "http://127.0.0.1:$ADMIN_PORT/admin/offboard")"
-check "offboarding an unknown client: HTTP 400" eq "$status" 400
+check "offboarding an unknown client: HTTP 400" eq "$(offboard nobody)" 400
+status="$(token_request example.client2 partner-client-2 transactions)"
+check "an offboarded partner gets no new token: HTTP 400 invalid_client" eq "$status:$(json .error <"$STATE/out")" 400:invalid_client
 
 if (( failed > 0 )); then echo "--- server log" >&2; cat "$LOG" >&2; fi
 echo "$passed passed, $failed failed"

@@ -1388,6 +1388,28 @@ fn stale_if_error_serves_a_recently_expired_entry_within_its_bound_only() {
     p.fail_call(r);
     assert_eq!(p.status(r), 503, "an inactive entry is never served stale");
 
+    // Only what shared data says counts: this worker's own copy alone (another worker may have
+    // learnt the token is inactive, and its answer was evicted since) is not served stale.
+    let mut p = Proxy::new(&v, NOW);
+    let r = p.get(PATH, "tok", Some(MINE));
+    p.answer(r, 200, &five, &active_json(MINE));
+    p.advance(6);
+    p.host.0.borrow_mut().shared.clear();
+    let r = p.get(PATH, "tok", Some(MINE));
+    p.fail_call(r);
+    assert_eq!(p.status(r), 503);
+    // An inactive answer is kept while an older positive one could still be served stale.
+    let r = p.get(PATH, "tok-2", Some(MINE));
+    p.answer(r, 200, &five, &active_json(MINE));
+    p.advance(6);
+    let r = p.get(PATH, "tok-2", Some(MINE));
+    p.answer(r, 200, &[], br#"{"active": false}"#);
+    assert_eq!(p.status(r), 401);
+    p.advance(12);
+    let r = p.get(PATH, "tok-2", Some(MINE));
+    p.fail_call(r);
+    assert_eq!(p.status(r), 503, "revoked, never served stale");
+
     // Off (the default): an expired entry is never used.
     let mut p = Proxy::new(&config("json"), NOW);
     let r = p.get(PATH, "tok", Some(MINE));
