@@ -36,6 +36,16 @@ impl HeaderKind {
         }
     }
 
+    /// The header's name (lower case).
+    pub fn name(self, cfg: &ClientCertificates) -> &str {
+        match self {
+            HeaderKind::Xfcc => "x-forwarded-client-cert",
+            HeaderKind::ClientCert => "client-cert",
+            HeaderKind::ClientCertChain => "client-cert-chain",
+            HeaderKind::Pem => cfg.pem_header.as_deref().unwrap_or(""),
+        }
+    }
+
     /// The source whose certificate a header of this kind carries.
     fn source(self) -> Option<CertificateSource> {
         match self {

@@ -253,7 +253,7 @@ impl Proxy {
 
     /// A new request with `headers` on a connection that presented `cert` (none: no certificate).
     pub fn request(&mut self, headers: &[(&str, &str)], cert: Option<Thumbprint>) -> u32 {
-        let hex: Option<String> = cert.map(|t| t.0.iter().map(|b| format!("{b:02x}")).collect());
+        let hex: Option<String> = cert.map(|t| t.to_hex());
         let digest = hex
             .as_ref()
             .map(|h| ("sha256_peer_certificate_digest", h.as_bytes()));

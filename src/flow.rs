@@ -181,7 +181,7 @@ pub fn on_request(
     let cc = &cfg.client_certificate;
     for (kind, _) in &read.certificates {
         if !kind.forwarded(cc, &presented) {
-            me.strip.push(header_name(cfg, *kind).to_string());
+            me.strip.push(kind.name(cc).to_string());
         }
     }
     match (&me.thumbprint, &policy.certificate_rules) {
@@ -403,16 +403,6 @@ fn check_certificate(
     match certificate::allowed(rules, thumbprint, facts.as_deref()) {
         true => Ok(()),
         false => Err("the client certificate is not on the route's allow-lists"),
-    }
-}
-
-/// The name of a certificate header.
-fn header_name(cfg: &Config, kind: HeaderKind) -> &str {
-    match kind {
-        HeaderKind::Xfcc => "x-forwarded-client-cert",
-        HeaderKind::ClientCert => "client-cert",
-        HeaderKind::ClientCertChain => "client-cert-chain",
-        HeaderKind::Pem => cfg.client_certificate.pem_header.as_deref().unwrap_or(""),
     }
 }
 

@@ -54,7 +54,7 @@ pub(crate) fn url_encoded_pem(der: &[u8]) -> String {
 }
 
 pub(crate) fn hex(t: &Thumbprint) -> String {
-    t.0.iter().map(|b| format!("{b:02x}")).collect()
+    t.to_hex()
 }
 
 /// A connection, counting the host calls made to read it.
