@@ -90,8 +90,21 @@ pub struct ActiveToken {
     pub forward_authorization: Option<String>,
     /// (lower-case header name, value) set on the upstream request.
     pub headers: Vec<(String, String)>,
+    /// What revocation events name (`crate::revocation`): the token's hash, its `iat`, and when
+    /// the identity server vouched for it (Unix seconds).
+    pub token_hash: TokenHash,
+    pub issued_at: Option<u64>,
+    pub checked_at: u64,
 }
 
+/// The first 24 bytes of SHA-256 over the token: how the identity server's revocation events
+/// name a token (32 base64url characters), and the phantom JWT's `jti`. It cannot be turned back
+/// into the token.
+pub type TokenHash = [u8; 24];
+
+// Entries live behind an `Rc`, one per token: boxing the large variant would only add an
+// allocation per miss.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenState {
     Active(ActiveToken),
@@ -263,6 +276,17 @@ impl LocalCache {
         self.map.insert(entry.key, entry);
     }
 
+    /// Takes out the entries `take` accepts.
+    pub fn take(&mut self, mut take: impl FnMut(&Entry) -> bool) -> Vec<Rc<Entry>> {
+        let keys: Vec<TokenKey> = self
+            .map
+            .iter()
+            .filter(|(_, e)| take(e))
+            .map(|(k, _)| *k)
+            .collect();
+        keys.iter().filter_map(|k| self.map.remove(k)).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }
@@ -289,7 +313,7 @@ impl Hasher for KeyHasher {
 
 // ---- a compact binary encoding: a cache hit decodes it on every request ----
 
-const VERSION: u8 = 3;
+const VERSION: u8 = 4;
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u32).to_le_bytes());
@@ -333,6 +357,15 @@ pub fn encode(e: &Entry) -> Vec<u8> {
                 put_str(&mut out, name);
                 put_str(&mut out, value);
             }
+            out.extend_from_slice(&t.token_hash);
+            match t.issued_at {
+                Some(iat) => {
+                    out.push(1);
+                    out.extend_from_slice(&iat.to_le_bytes());
+                }
+                None => out.push(0),
+            }
+            out.extend_from_slice(&t.checked_at.to_le_bytes());
         }
     }
     out
@@ -395,6 +428,13 @@ pub fn decode(bytes: &[u8]) -> Option<Entry> {
             for _ in 0..count {
                 headers.push((r.string()?, r.string()?));
             }
+            let token_hash = r.array()?;
+            let issued_at = match r.byte()? {
+                0 => None,
+                1 => Some(u64::from_le_bytes(r.array()?)),
+                _ => return None,
+            };
+            let checked_at = u64::from_le_bytes(r.array()?);
             TokenState::Active(ActiveToken {
                 cnf,
                 scope,
@@ -402,6 +442,9 @@ pub fn decode(bytes: &[u8]) -> Option<Entry> {
                 jti,
                 forward_authorization,
                 headers,
+                token_hash,
+                issued_at,
+                checked_at,
             })
         }
         _ => return None,
@@ -497,6 +540,9 @@ mod tests {
                 jti: Some("j-1".into()),
                 forward_authorization: Some("Bearer eyJ.eyJ.sig".into()),
                 headers: vec![("x-certbound-client-id".into(), "partner-client".into())],
+                token_hash: [5; 24],
+                issued_at: Some(900),
+                checked_at: 950,
             }),
         }
     }

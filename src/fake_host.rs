@@ -46,7 +46,11 @@ struct Delivery {
 pub struct State {
     pub configuration: Vec<u8>,
     pub now: u64,
+    /// Milliseconds past `now`.
+    pub ms: u64,
     pub shared: HashMap<String, (Vec<u8>, u32)>,
+    /// Another worker's host whose shared data this one uses (`Proxy::beside`).
+    pub shared_with: Option<FakeHost>,
     pub streams: HashMap<u32, Stream>,
     current: u32,
     /// Every call sent, with the context that sent it.
@@ -56,12 +60,19 @@ pub struct State {
     delivery: Option<Delivery>,
     pub counter_names: Vec<String>,
     pub counters: HashMap<u32, u64>,
+    pub gauges: HashMap<String, u64>,
     pub tick_ms: Option<u64>,
     pub logs: Vec<(Level, String)>,
 }
 
 #[derive(Clone, Default)]
 pub struct FakeHost(pub Rc<RefCell<State>>);
+
+impl std::fmt::Debug for FakeHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FakeHost")
+    }
+}
 
 impl FakeHost {
     fn with_stream<T>(&self, f: impl FnOnce(&mut Stream) -> T) -> Option<T> {
@@ -73,11 +84,17 @@ impl FakeHost {
 
 impl SharedStore for FakeHost {
     fn get(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
+        if let Some(other) = self.0.borrow().shared_with.clone() {
+            return other.get(key);
+        }
         let s = self.0.borrow();
         s.shared.get(key).map(|(v, cas)| (v.clone(), Some(*cas)))
     }
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        if let Some(other) = self.0.borrow().shared_with.clone() {
+            return other.set(key, value, cas);
+        }
         let mut s = self.0.borrow_mut();
         let current = s.shared.get(key).map(|(_, c)| *c);
         if cas.is_some() && cas != current {
@@ -94,8 +111,9 @@ impl Host for FakeHost {
         self.0.borrow().configuration.clone()
     }
 
-    fn now(&self) -> u64 {
-        self.0.borrow().now
+    fn now_ms(&self) -> u64 {
+        let s = self.0.borrow();
+        s.now * 1000 + s.ms
     }
 
     fn request_headers(&self) -> Headers {
@@ -189,6 +207,19 @@ impl Host for FakeHost {
         *self.0.borrow_mut().counters.entry(id).or_default() += by;
     }
 
+    fn define_gauge(&self, name: &str) -> Option<u32> {
+        let mut s = self.0.borrow_mut();
+        s.counter_names.push(name.to_string());
+        Some(s.counter_names.len() as u32 - 1)
+    }
+
+    fn set_gauge(&self, id: u32, value: u64) {
+        let mut s = self.0.borrow_mut();
+        if let Some(name) = s.counter_names.get(id as usize).cloned() {
+            s.gauges.insert(name, value);
+        }
+    }
+
     fn set_tick_period_ms(&self, ms: u64) -> bool {
         self.0.borrow_mut().tick_ms = Some(ms);
         true
@@ -209,6 +240,9 @@ pub enum Fate {
     /// It is still paused.
     Paused,
 }
+
+/// The root context's id (HTTP contexts start at 2).
+pub const ROOT_CONTEXT: u32 = 1;
 
 /// The proxy: one worker's root context and its HTTP contexts, over a `FakeHost`.
 pub struct Proxy {
@@ -238,6 +272,31 @@ impl Proxy {
             contexts: HashMap::new(),
             next_id: 2,
         })
+    }
+
+    /// Another worker of the same proxy (same configuration, same clock now): its own VM state,
+    /// this worker's shared data.
+    pub fn beside(&self) -> Proxy {
+        let (configuration, now, ms) = {
+            let s = self.host.0.borrow();
+            (s.configuration.clone(), s.now, s.ms)
+        };
+        let host = FakeHost::default();
+        {
+            let mut s = host.0.borrow_mut();
+            s.configuration = configuration;
+            s.now = now;
+            s.ms = ms;
+            s.shared_with = Some(self.host.clone());
+        }
+        let mut root = Root::new(host.clone());
+        assert!(root.configure(), "the configuration is accepted");
+        Proxy {
+            host,
+            root,
+            contexts: HashMap::new(),
+            next_id: 2,
+        }
     }
 
     /// A worker whose configuration was refused (or never given): its contexts still exist.
@@ -371,8 +430,62 @@ impl Proxy {
 
     /// The worker's timer fires after `seconds` have passed.
     pub fn advance(&mut self, seconds: u64) {
-        self.host.0.borrow_mut().now += seconds;
+        self.advance_ms(seconds * 1000);
+    }
+
+    /// The worker's timer fires after `ms` milliseconds have passed.
+    pub fn advance_ms(&mut self, ms: u64) {
+        {
+            let mut s = self.host.0.borrow_mut();
+            let total = s.ms + ms;
+            s.now += total / 1000;
+            s.ms = total % 1000;
+        }
+        self.tick();
+    }
+
+    /// The timer fires, now.
+    pub fn tick(&mut self) {
+        self.host.0.borrow_mut().current = ROOT_CONTEXT;
         self.root.tick();
+    }
+
+    /// Delivers the answer to the root context's last call.
+    pub fn answer_root(&mut self, status: u16, body: &[u8]) {
+        let headers = vec![(":status".to_string(), status.to_string())];
+        let len = body.len();
+        {
+            let mut s = self.host.0.borrow_mut();
+            s.delivery = Some(Delivery {
+                headers,
+                body: body.to_vec(),
+            });
+            s.current = ROOT_CONTEXT;
+        }
+        self.root.on_call_response(1, len);
+        self.host.0.borrow_mut().delivery = None;
+    }
+
+    /// The root context's last call failed.
+    pub fn fail_root_call(&mut self) {
+        self.host.0.borrow_mut().current = ROOT_CONTEXT;
+        self.root.on_call_response(0, 0);
+    }
+
+    /// The calls the root context sent.
+    pub fn root_calls(&self) -> Vec<Call> {
+        let s = self.host.0.borrow();
+        s.calls
+            .iter()
+            .filter(|(c, _)| *c == ROOT_CONTEXT)
+            .map(|(_, call)| call.clone())
+            .collect()
+    }
+
+    /// Gauge `certbound.<name>`.
+    pub fn gauge(&self, name: &str) -> Option<u64> {
+        let s = self.host.0.borrow();
+        s.gauges.get(&format!("certbound.{name}")).copied()
     }
 
     pub fn fate(&self, context: u32) -> Fate {
@@ -420,7 +533,7 @@ impl Proxy {
 
     /// Counter `certbound.<name>` as the host has it after the next tick.
     pub fn counter(&mut self, name: &str) -> u64 {
-        self.root.tick();
+        self.tick();
         let s = self.host.0.borrow();
         let full = format!("certbound.{name}");
         s.counter_names

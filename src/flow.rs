@@ -11,7 +11,7 @@
 use crate::binding::Thumbprint;
 use crate::cache::{Entry, JwksStore, Seal, SharedStore, TokenCache, TokenKey, TokenState};
 use crate::certificate::{self, HeaderKind, Peer, Presented};
-use crate::config::{CertificateRules, Config, JwtRules};
+use crate::config::{CertificateRules, Config, Jwks, JwtRules};
 use crate::decision;
 use crate::deny::{self, DenyReason, Reply};
 use crate::headers::Headers;
@@ -20,6 +20,7 @@ use crate::jwks::{self, KeySet};
 use crate::jwt;
 use crate::metrics::Metric;
 use crate::path;
+use crate::revocation::{self, Standing};
 use crate::token;
 use crate::worker::{
     Inflight, JwtCheck, KeySetFetch, Stage, State, Waiter, KEY_SET_BACKOFF_SECONDS,
@@ -51,6 +52,8 @@ pub struct Call {
 pub enum CallKind {
     Introspection,
     KeySet,
+    /// The root context's poll of the revocation feed (`crate::revocation`).
+    RevocationFeed,
 }
 
 impl CallKind {
@@ -59,6 +62,7 @@ impl CallKind {
         match self {
             CallKind::Introspection => Metric::IntrospectionCall,
             CallKind::KeySet => Metric::JwksFetch,
+            CallKind::RevocationFeed => Metric::RevocationPoll,
         }
     }
 }
@@ -199,12 +203,22 @@ pub fn on_request(
     }
     let key = st.key_deriver.key(token);
     let now = facts.now;
-    let entry = st.local.get(&key, now).or_else(|| {
-        let entry = Rc::new(token_cache(cfg, &st.seal).lookup(store, &key, now)?);
-        st.local.put(entry.clone());
-        Some(entry)
+    // Without a fresh revocation feed no cached entry decides (`revocation.max_staleness_seconds`).
+    let entry = st.revocations.trusted.then(|| {
+        st.local.get(&key, now).or_else(|| {
+            let mut entry = token_cache(cfg, &st.seal).lookup(store, &key, now)?;
+            // Another worker cached it; this worker may know of its revocation already.
+            match st.revocations.standing(&entry) {
+                Standing::Good => {}
+                Standing::Revoked => entry = revocation::revoked_entry(&entry, now, cfg),
+                Standing::Unsure => return None,
+            }
+            let entry = Rc::new(entry);
+            st.local.put(entry.clone());
+            Some(entry)
+        })
     });
-    if let Some(entry) = entry {
+    if let Some(entry) = entry.flatten() {
         st.tally.count(Metric::CacheHit);
         return Start::Decided(decide(cfg, st, &entry, &me));
     }
@@ -226,6 +240,7 @@ pub fn on_request(
         key,
         Inflight {
             caller: me,
+            token_hash: revocation::token_hash(token),
             stage: Stage::Introspection,
             waiters: Vec::new(),
         },
@@ -648,10 +663,9 @@ fn need_key_set(
     fetch_key_set(st, key, check)
 }
 
-/// Asks for the key set; the check of `key` goes on when it arrives.
-fn fetch_key_set(st: &mut State, key: TokenKey, check: JwtCheck) -> Next {
-    let j = &check.rules.jwks;
-    let call = Call {
+/// The call that fetches the key set.
+pub(crate) fn key_set_call(j: &Jwks) -> Call {
+    Call {
         kind: CallKind::KeySet,
         cluster: j.endpoint.cluster.clone(),
         headers: vec![
@@ -662,7 +676,12 @@ fn fetch_key_set(st: &mut State, key: TokenKey, check: JwtCheck) -> Next {
         ],
         body: None,
         timeout_ms: j.timeout_ms,
-    };
+    }
+}
+
+/// Asks for the key set; the check of `key` goes on when it arrives.
+fn fetch_key_set(st: &mut State, key: TokenKey, check: JwtCheck) -> Next {
+    let call = key_set_call(&check.rules.jwks);
     match st.inflight.get_mut(&key) {
         Some(inflight) => {
             inflight.stage = Stage::KeySet(check);
@@ -809,7 +828,9 @@ fn stale_entry(
     }
     known
         .into_iter()
-        .find(|e| matches!(e.state, TokenState::Active(_)))
+        .find(|e| {
+            matches!(e.state, TokenState::Active(_)) && st.revocations.standing(e) == Standing::Good
+        })
         .map(Rc::new)
 }
 
@@ -829,6 +850,15 @@ fn conclude(
     let Some(inflight) = st.inflight.remove(&key) else {
         return Vec::new();
     };
+    let mut entry = Rc::unwrap_or_clone(entry);
+    if let TokenState::Active(t) = &mut entry.state {
+        t.token_hash = inflight.token_hash;
+    }
+    // An answer given before a revocation this worker already knows of (it crossed the event).
+    if st.revocations.standing(&entry) == Standing::Revoked {
+        entry = revocation::revoked_entry(&entry, now, cfg);
+    }
+    let entry = Rc::new(entry);
     // An answer that may not be cached (max-age=0, exp within the leeway) still decides.
     if entry.expires_at > now {
         token_cache(cfg, &st.seal).insert(store, &entry, now);
@@ -888,7 +918,7 @@ fn deny(
     Verdict::Deny(Denial { reason, reply, log })
 }
 
-fn token_cache<'a>(cfg: &'a Config, seal: &'a Seal) -> TokenCache<'a> {
+pub(crate) fn token_cache<'a>(cfg: &'a Config, seal: &'a Seal) -> TokenCache<'a> {
     TokenCache {
         namespace: &cfg.cache.namespace,
         seal,
@@ -896,7 +926,7 @@ fn token_cache<'a>(cfg: &'a Config, seal: &'a Seal) -> TokenCache<'a> {
     }
 }
 
-fn jwks_store<'a>(cfg: &'a Config, seal: &'a Seal) -> JwksStore<'a> {
+pub(crate) fn jwks_store<'a>(cfg: &'a Config, seal: &'a Seal) -> JwksStore<'a> {
     JwksStore {
         namespace: &cfg.cache.namespace,
         seal,
@@ -905,7 +935,7 @@ fn jwks_store<'a>(cfg: &'a Config, seal: &'a Seal) -> JwksStore<'a> {
 
 /// A fresh key set and when it was fetched: this worker's parsed copy, else the one in shared
 /// data (another worker may have fetched it). `None` when it must be fetched.
-fn key_set(
+pub(crate) fn key_set(
     cfg: &Config,
     st: &mut State,
     store: &dyn SharedStore,

@@ -22,8 +22,12 @@ pub enum Level {
 pub trait Host: SharedStore {
     /// The plugin configuration (root context, at configure time).
     fn plugin_configuration(&self) -> Vec<u8>;
+    /// Unix milliseconds by the host's clock; 0 if the host cannot tell.
+    fn now_ms(&self) -> u64;
     /// Unix seconds by the host's clock; 0 if the host cannot tell, which makes every entry expired.
-    fn now(&self) -> u64;
+    fn now(&self) -> u64 {
+        self.now_ms() / 1000
+    }
     /// Every request header, in one host call.
     fn request_headers(&self) -> Headers;
     /// The request body buffered so far (`size` bytes, from `on_request_body`).
@@ -48,6 +52,9 @@ pub trait Host: SharedStore {
     /// Defines a counter; `None` if the host refuses.
     fn define_counter(&self, name: &str) -> Option<u32>;
     fn increment_counter(&self, id: u32, by: u64);
+    /// Defines a gauge; `None` if the host refuses.
+    fn define_gauge(&self, name: &str) -> Option<u32>;
+    fn set_gauge(&self, id: u32, value: u64);
     /// Asks for the root context's timer every `ms` milliseconds. False if the host refused.
     fn set_tick_period_ms(&self, ms: u64) -> bool;
     /// Writes a line to the proxy's log. Never a token, a secret or a whole header.
@@ -126,6 +133,7 @@ mod abi {
         pub fn proxy_set_effective_context(context_id: u32) -> u32;
         pub fn proxy_define_metric(kind: u32, name: *const u8, size: usize, id: *mut u32) -> u32;
         pub fn proxy_increment_metric(id: u32, offset: i64) -> u32;
+        pub fn proxy_record_metric(id: u32, value: u64) -> u32;
     }
 }
 
@@ -159,6 +167,14 @@ fn header_value(map: MapType, name: &str) -> Option<Vec<u8>> {
     read_bytes(|data, size| unsafe {
         abi::proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), data, size)
     })
+}
+
+fn define_metric(kind: MetricType, name: &str) -> Option<u32> {
+    let mut id: u32 = 0;
+    // SAFETY: the pointers are valid for the call; `id` is an out-parameter.
+    let status =
+        unsafe { abi::proxy_define_metric(kind as u32, name.as_ptr(), name.len(), &mut id) };
+    (status == OK).then_some(id)
 }
 
 impl SharedStore for ProxyHost {
@@ -196,12 +212,12 @@ impl Host for ProxyHost {
         .unwrap_or_default()
     }
 
-    fn now(&self) -> u64 {
+    fn now_ms(&self) -> u64 {
         let mut nanos: u64 = 0;
         // SAFETY: `nanos` is an out-parameter.
         let status = unsafe { abi::proxy_get_current_time_nanoseconds(&mut nanos) };
         if status == OK {
-            nanos / 1_000_000_000
+            nanos / 1_000_000
         } else {
             0
         }
@@ -329,17 +345,16 @@ impl Host for ProxyHost {
     }
 
     fn define_counter(&self, name: &str) -> Option<u32> {
-        let mut id: u32 = 0;
-        // SAFETY: the pointers are valid for the call; `id` is an out-parameter.
-        let status = unsafe {
-            abi::proxy_define_metric(
-                MetricType::Counter as u32,
-                name.as_ptr(),
-                name.len(),
-                &mut id,
-            )
-        };
-        (status == OK).then_some(id)
+        define_metric(MetricType::Counter, name)
+    }
+
+    fn define_gauge(&self, name: &str) -> Option<u32> {
+        define_metric(MetricType::Gauge, name)
+    }
+
+    fn set_gauge(&self, id: u32, value: u64) {
+        // SAFETY: no pointers.
+        let _ = unsafe { abi::proxy_record_metric(id, value) };
     }
 
     fn increment_counter(&self, id: u32, by: u64) {

@@ -322,6 +322,10 @@ pub fn entry_from_members(
             jti: text("jti"),
             forward_authorization: forward_jwt.map(|jwt| format!("Bearer {jwt}")),
             headers,
+            // The token's hash is the flow's to fill in: only it has seen the token.
+            token_hash: [0; 24],
+            issued_at: members.get("iat").and_then(Value::as_u64),
+            checked_at: now,
         }),
     })
 }

@@ -22,6 +22,7 @@ pub mod http;
 pub mod introspection;
 pub mod metrics;
 pub mod path;
+pub mod revocation;
 pub mod root;
 pub mod token;
 pub mod worker;

@@ -14,10 +14,20 @@ pub enum Metric {
     JwksFetch,
     /// A request allowed on an expired entry while the identity server was unavailable.
     StaleAnswer,
+    /// A poll of the revocation feed that went out (one worker polls at a time).
+    RevocationPoll,
+    /// A poll that failed (unreachable, timeout, not 200, unreadable): the feed's lag grows.
+    RevocationPollFailure,
+    /// A verified revocation event recorded in shared data (once per event, by the poller).
+    RevocationApplied,
+    /// A revocation event refused: not signed by the identity server, or not one certbound knows.
+    RevocationRejected,
+    /// A cached entry dropped because an event revoked its token (by each worker that held it).
+    RevokedEntryDropped,
 }
 
 /// The counters other than the denials, in the order of their slots after the denials'.
-const OTHERS: [&str; 7] = [
+const OTHERS: [&str; 12] = [
     "requests_allowed",
     "cache_hits",
     "cache_misses",
@@ -25,7 +35,16 @@ const OTHERS: [&str; 7] = [
     "introspection_failures",
     "jwks_fetches",
     "stale_answers",
+    "revocation_polls",
+    "revocation_poll_failures",
+    "revocations_applied",
+    "revocation_events_rejected",
+    "revocation_entries_dropped",
 ];
+
+/// The one gauge: milliseconds since the revocation feed last answered, as each worker's tick
+/// last saw it (every worker sets the same value).
+pub const FEED_LAG_GAUGE: &str = "certbound.revocation_feed_lag_ms";
 
 /// How many counters there are.
 pub const COUNT: usize = REASONS.len() + OTHERS.len();
@@ -43,6 +62,11 @@ impl Metric {
             Metric::IntrospectionFailure => other(4),
             Metric::JwksFetch => other(5),
             Metric::StaleAnswer => other(6),
+            Metric::RevocationPoll => other(7),
+            Metric::RevocationPollFailure => other(8),
+            Metric::RevocationApplied => other(9),
+            Metric::RevocationRejected => other(10),
+            Metric::RevokedEntryDropped => other(11),
         }
     }
 }
@@ -61,8 +85,12 @@ pub struct Tally([u64; COUNT]);
 
 impl Tally {
     pub fn count(&mut self, metric: Metric) {
+        self.add(metric, 1);
+    }
+
+    pub fn add(&mut self, metric: Metric, by: u64) {
         if let Some(n) = self.0.get_mut(metric.slot()) {
-            *n += 1;
+            *n += by;
         }
     }
 
@@ -91,6 +119,12 @@ mod tests {
             Metric::IntrospectionCall,
             Metric::IntrospectionFailure,
             Metric::JwksFetch,
+            Metric::StaleAnswer,
+            Metric::RevocationPoll,
+            Metric::RevocationPollFailure,
+            Metric::RevocationApplied,
+            Metric::RevocationRejected,
+            Metric::RevokedEntryDropped,
         ];
         let slots: std::collections::HashSet<_> = all.iter().map(|m| m.slot()).collect();
         assert_eq!(slots.len(), all.len());

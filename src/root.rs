@@ -1,11 +1,14 @@
 //! The root context: parses the configuration once, defines the counters, creates the HTTP
-//! contexts, and on its timer refreshes the worker's clock and hands the metric tally to the host
-//! (so that a cache hit makes neither a clock nor a counter host call).
+//! contexts, and on its timer refreshes the worker's clock, follows the revocation feed
+//! (`crate::revocation`) and hands the metric tally to the host (so that a cache hit makes neither
+//! a clock nor a counter host call).
 
 use crate::config;
+use crate::flow::CallAnswer;
 use crate::host::{Host, Level, ProxyHost};
 use crate::http::Http;
 use crate::metrics;
+use crate::revocation;
 use crate::worker::Worker;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
@@ -20,6 +23,8 @@ pub struct Root<H: Host> {
     worker: Option<Rc<Worker>>,
     /// The host's id of the counter in each tally slot (`None`: the host refused it).
     counters: Vec<Option<u32>>,
+    /// The feed-lag gauge, with a revocation feed.
+    lag_gauge: Option<u32>,
 }
 
 impl<H: Host + Clone> Root<H> {
@@ -28,6 +33,7 @@ impl<H: Host + Clone> Root<H> {
             host,
             worker: None,
             counters: Vec::new(),
+            lag_gauge: None,
         }
     }
 
@@ -51,6 +57,17 @@ impl<H: Host + Clone> Root<H> {
             self.host.log(Level::Error, "cannot define the counters");
             return false;
         }
+        let lag_gauge = match &config.revocation {
+            Some(_) => match self.host.define_gauge(metrics::FEED_LAG_GAUGE) {
+                Some(id) => Some(id),
+                None => {
+                    self.host
+                        .log(Level::Error, "cannot define the feed-lag gauge");
+                    return false;
+                }
+            },
+            None => None,
+        };
         self.host.log(
             Level::Info,
             &format!(
@@ -68,23 +85,63 @@ impl<H: Host + Clone> Root<H> {
         }
         self.worker = Some(Rc::new(worker));
         self.counters = counters;
+        self.lag_gauge = lag_gauge;
         true
     }
 
-    /// The timer: the clock for the next requests, and the counts since the last tick.
+    /// The timer: the clock for the next requests, the revocation feed, and the counts since the
+    /// last tick.
     pub fn tick(&self) {
-        let Some(worker) = &self.worker else {
+        let Some(worker) = self.worker.clone() else {
             return;
         };
-        worker.clock.set(self.host.now());
-        let counts = match worker.state.try_borrow_mut() {
-            Ok(mut st) if !st.tally.is_empty() => st.tally.take(),
-            _ => return,
+        let now_ms = self.host.now_ms();
+        worker.clock.set(now_ms / 1000);
+        let Ok(mut st) = worker.state.try_borrow_mut() else {
+            return;
         };
+        if let Some(call) = revocation::on_tick(&worker.config, &mut st, &self.host, now_ms) {
+            match self.host.dispatch(&call) {
+                Ok(_) => st.tally.count(call.kind.metric()),
+                Err(status) => {
+                    let why = format!("revocation {:?} dispatch failed: {status}", call.kind);
+                    self.host.log(Level::Warn, &why);
+                    revocation::on_dispatch_failed(&worker.config, &mut st, &self.host, now_ms);
+                }
+            }
+        }
+        if let (Some(id), Some(lag)) = (self.lag_gauge, st.revocations.lag_ms) {
+            self.host.set_gauge(id, lag);
+        }
+        if st.tally.is_empty() {
+            return;
+        }
+        let counts = st.tally.take();
         for (id, n) in self.counters.iter().zip(counts) {
             if let (Some(id), 1..) = (id, n) {
                 self.host.increment_counter(*id, n);
             }
+        }
+    }
+
+    /// The answer to the root context's call (`headers` is 0 when the call failed).
+    pub fn on_call_response(&self, headers: usize, body_size: usize) {
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let Ok(mut st) = worker.state.try_borrow_mut() else {
+            return;
+        };
+        let answer = if headers == 0 {
+            CallAnswer::failed()
+        } else {
+            let limit = revocation::answer_limit(&worker.config, &st);
+            self.host.call_answer(body_size, limit)
+        };
+        let now_ms = self.host.now_ms();
+        let lines = revocation::on_answer(&worker.config, &mut st, &self.host, answer, now_ms);
+        for line in lines {
+            self.host.log(Level::Warn, &line);
         }
     }
 
@@ -93,7 +150,17 @@ impl<H: Host + Clone> Root<H> {
     }
 }
 
-impl Context for Root<ProxyHost> {}
+impl Context for Root<ProxyHost> {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        headers: usize,
+        body: usize,
+        _trailers: usize,
+    ) {
+        self.on_call_response(headers, body);
+    }
+}
 
 impl RootContext for Root<ProxyHost> {
     fn on_configure(&mut self, _size: usize) -> bool {

@@ -3,11 +3,12 @@
 //! (`crate::flow`) reads and changes it, the context adapters hold it.
 
 use crate::binding::Thumbprint;
-use crate::cache::{KeyDeriver, LocalCache, Seal, TokenKey};
+use crate::cache::{KeyDeriver, LocalCache, Seal, TokenHash, TokenKey};
 use crate::certificate::ParsedCertificates;
 use crate::config::{Config, JwtRules};
 use crate::jwks::KeySet;
 use crate::metrics::Tally;
+use crate::revocation::Revocations;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -56,6 +57,8 @@ pub struct State {
     pub notices: Vec<String>,
     /// Client certificates parsed for routes' allow-lists, by thumbprint.
     pub parsed: ParsedCertificates,
+    /// The revocation events this worker has applied, and whether its cache is trusted.
+    pub revocations: Revocations,
 }
 
 impl State {
@@ -71,6 +74,7 @@ impl State {
             tally: Tally::default(),
             notices: Vec::new(),
             parsed: ParsedCertificates::default(),
+            revocations: Revocations::new(config.revocation.as_ref()),
         }
     }
 }
@@ -90,6 +94,8 @@ pub struct Waiter {
 pub struct Inflight {
     /// The request whose context made the call (the answer arrives there).
     pub caller: Waiter,
+    /// What revocation events would name the token by (`crate::revocation::token_hash`).
+    pub token_hash: TokenHash,
     pub stage: Stage,
     /// Other requests with the same token that arrived meanwhile.
     pub waiters: Vec<Waiter>,

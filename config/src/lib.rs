@@ -138,6 +138,23 @@ pub struct CacheSettings {
     pub stale_if_error_seconds: u64,
 }
 
+/// The feed of revocation events (Security Event Tokens, RFC 8417) the root context polls.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Revocation {
+    pub feed: Endpoint,
+    /// How each event is verified: issuer, audience, algorithms, `typ` `secevent+jwt`, and the key
+    /// set (the JWT format's, or the section's own `jwks` with format `json`).
+    pub rules: Rc<JwtRules>,
+    pub poll_interval_ms: u64,
+    pub timeout_ms: u64,
+    pub max_body_bytes: usize,
+    /// Without a successful poll for this long, cached entries are not used (each request is
+    /// introspected) until the feed answers again.
+    pub max_staleness_ms: u64,
+    /// Events kept at most; past it the oldest go and every entry cached before is re-checked.
+    pub max_events: usize,
+}
+
 /// What a request must satisfy once its token is known to be active.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
@@ -267,6 +284,8 @@ pub struct Config {
     pub introspection: Introspection,
     pub cache: CacheSettings,
     pub client_certificate: ClientCertificates,
+    /// The identity server's feed of revocation events (`None`: not followed).
+    pub revocation: Option<Revocation>,
     /// (claim name, lower-case header name), in a stable order.
     pub claim_headers: Vec<(String, String)>,
     /// The policy of requests that match no route; `None` refuses them (`"deny"`).

@@ -21,6 +21,7 @@ struct RawConfig {
     jwt: Option<Value>,
     cache: Option<Value>,
     client_certificate: Option<Value>,
+    revocation: Option<Value>,
     #[serde(default)]
     claim_headers: BTreeMap<String, String>,
     default_policy: Option<Value>,
@@ -66,6 +67,23 @@ struct RawJwks {
     max_body_bytes: Option<usize>,
     max_age_seconds: Option<u64>,
     min_refetch_interval_seconds: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRevocation {
+    cluster: Option<String>,
+    authority: Option<String>,
+    path: Option<String>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    algorithms: Option<Vec<String>>,
+    jwks: Option<Value>,
+    poll_interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    max_body_bytes: Option<usize>,
+    max_staleness_seconds: Option<u64>,
+    max_events: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -196,6 +214,10 @@ pub fn parse_with_env(raw: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Resul
     let introspection = introspection(i, c.jwt, env)?;
     let fingerprint = fingerprint(raw, &introspection.client_secret);
     let claim_headers = claim_headers(c.claim_headers)?;
+    let revocation = match section::<RawRevocation>(c.revocation, "revocation")? {
+        Some(r) => Some(revocation(r, &introspection)?),
+        None => None,
+    };
     Ok(Config {
         realm: realm(c.realm)?,
         max_token_length: max_token_length(c.max_token_length)?,
@@ -205,6 +227,7 @@ pub fn parse_with_env(raw: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Resul
             section(c.client_certificate, "client_certificate")?.unwrap_or_default(),
             &claim_headers,
         )?,
+        revocation,
         claim_headers,
         default_policy: default_policy(c.default_policy)?,
         routes: routes(c.routes)?,
@@ -394,19 +417,7 @@ fn jwt_rules(value: Value, introspecting_client: Option<&str>) -> Result<JwtRule
         (None, Some(client)) => vec![client.to_string()],
         (None, None) => return err("jwt.audiences", "is required for format jwt"),
     };
-    let mut algorithms = Vec::new();
-    for name in j.algorithms.unwrap_or_else(|| vec!["PS256".into()]) {
-        let Some(alg) = Algorithm::ALL.into_iter().find(|a| a.name() == name) else {
-            return err(
-                "jwt.algorithms",
-                &format!("`{name}` is not allowed, expected PS256, RS256, ES256 or EdDSA"),
-            );
-        };
-        algorithms.push(alg);
-    }
-    if algorithms.is_empty() {
-        return err("jwt.algorithms", "must list at least one algorithm");
-    }
+    let algorithms = algorithms(j.algorithms, "jwt.algorithms")?;
     let typ = match (introspecting_client, j.typ) {
         (Some(_), Some(_)) => {
             return err(
@@ -430,25 +441,128 @@ fn jwt_rules(value: Value, introspecting_client: Option<&str>) -> Result<JwtRule
         algorithms,
         clock_skew_seconds,
         typ,
-        jwks: jwks(k)?,
+        jwks: jwks(k, "jwt.jwks")?,
     })
 }
 
-fn jwks(k: RawJwks) -> Result<Jwks> {
+fn algorithms(names: Option<Vec<String>>, field: &str) -> Result<Vec<Algorithm>> {
+    let mut algorithms = Vec::new();
+    for name in names.unwrap_or_else(|| vec!["PS256".into()]) {
+        let Some(alg) = Algorithm::ALL.into_iter().find(|a| a.name() == name) else {
+            return err(
+                field,
+                &format!("`{name}` is not allowed, expected PS256, RS256, ES256 or EdDSA"),
+            );
+        };
+        algorithms.push(alg);
+    }
+    if algorithms.is_empty() {
+        return err(field, "must list at least one algorithm");
+    }
+    Ok(algorithms)
+}
+
+/// `revocation`: where the feed is (by default on the introspection's cluster and authority) and
+/// how its events are verified (by default as the JWT format's answers are: its issuer, algorithms
+/// and key set; with format `json` the section names its own issuer and `jwks`).
+fn revocation(r: RawRevocation, i: &Introspection) -> Result<Revocation> {
+    let format_rules = i.format.jwt_rules();
+    let jwks = match (r.jwks, format_rules) {
+        (Some(_), Some(_)) => {
+            return err(
+                "revocation.jwks",
+                "is the JWT format's (jwt.jwks); it is given only with format json",
+            )
+        }
+        (Some(v), None) => match section::<RawJwks>(Some(v), "revocation.jwks")? {
+            Some(k) => jwks(k, "revocation.jwks")?,
+            None => return err("revocation.jwks", "is required with format json"),
+        },
+        (None, Some(rules)) => rules.jwks.clone(),
+        (None, None) => return err("revocation.jwks", "is required with format json"),
+    };
+    let issuer = match (r.issuer, format_rules) {
+        (Some(iss), _) => required(Some(iss), "revocation.issuer")?,
+        (None, Some(rules)) => rules.issuer.clone(),
+        (None, None) => return err("revocation.issuer", "is required with format json"),
+    };
+    let algorithms = match (r.algorithms, format_rules) {
+        (None, Some(rules)) => rules.algorithms.clone(),
+        (names, _) => algorithms(names, "revocation.algorithms")?,
+    };
+    let audience = match r.audience {
+        Some(a) => required(Some(a), "revocation.audience")?,
+        None => i.client_id.clone(),
+    };
+    let poll_interval_ms = match r.poll_interval_ms.unwrap_or(500) {
+        ms @ 100..=60_000 => ms,
+        _ => {
+            return err(
+                "revocation.poll_interval_ms",
+                "must be between 100 and 60000",
+            )
+        }
+    };
+    let max_staleness_ms = bounded(
+        r.max_staleness_seconds,
+        10,
+        3600,
+        "revocation.max_staleness_seconds",
+    )? * 1000;
+    if max_staleness_ms <= poll_interval_ms {
+        return err(
+            "revocation.max_staleness_seconds",
+            "must be longer than poll_interval_ms",
+        );
+    }
+    let max_events = match r.max_events.unwrap_or(10_000) {
+        n @ 1..=100_000 => n as usize,
+        _ => return err("revocation.max_events", "must be between 1 and 100000"),
+    };
+    Ok(Revocation {
+        feed: Endpoint {
+            cluster: match r.cluster {
+                Some(c) => required(Some(c), "revocation.cluster")?,
+                None => i.endpoint.cluster.clone(),
+            },
+            authority: match r.authority {
+                Some(a) => required(Some(a), "revocation.authority")?,
+                None => i.endpoint.authority.clone(),
+            },
+            path: path(r.path, "revocation.path")?,
+        },
+        rules: Rc::new(JwtRules {
+            issuer,
+            audiences: vec![audience],
+            algorithms,
+            clock_skew_seconds: format_rules.map_or(60, |rules| rules.clock_skew_seconds),
+            typ: Some("secevent+jwt".to_string()),
+            jwks,
+        }),
+        poll_interval_ms,
+        timeout_ms: bounded(r.timeout_ms, 1000, 60_000, "revocation.timeout_ms")?,
+        max_body_bytes: body_limit(r.max_body_bytes, "revocation.max_body_bytes")?,
+        max_staleness_ms,
+        max_events,
+    })
+}
+
+fn jwks(k: RawJwks, field: &str) -> Result<Jwks> {
+    let f = |name: &str| format!("{field}.{name}");
     Ok(Jwks {
         endpoint: Endpoint {
-            cluster: required(k.cluster, "jwt.jwks.cluster")?,
-            authority: required(k.authority, "jwt.jwks.authority")?,
-            path: path(k.path, "jwt.jwks.path")?,
+            cluster: required(k.cluster, &f("cluster"))?,
+            authority: required(k.authority, &f("authority"))?,
+            path: path(k.path, &f("path"))?,
         },
-        timeout_ms: bounded(k.timeout_ms, 2000, 60_000, "jwt.jwks.timeout_ms")?,
-        max_body_bytes: body_limit(k.max_body_bytes, "jwt.jwks.max_body_bytes")?,
-        max_age_seconds: bounded(k.max_age_seconds, 300, 86_400, "jwt.jwks.max_age_seconds")?,
+        timeout_ms: bounded(k.timeout_ms, 2000, 60_000, &f("timeout_ms"))?,
+        max_body_bytes: body_limit(k.max_body_bytes, &f("max_body_bytes"))?,
+        max_age_seconds: bounded(k.max_age_seconds, 300, 86_400, &f("max_age_seconds"))?,
         min_refetch_interval_seconds: bounded(
             k.min_refetch_interval_seconds,
             30,
             3600,
-            "jwt.jwks.min_refetch_interval_seconds",
+            &f("min_refetch_interval_seconds"),
         )?,
     })
 }

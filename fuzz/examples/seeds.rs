@@ -127,6 +127,9 @@ fn main() {
         jti: Some("j-1".into()),
         forward_authorization: Some(format!("Bearer {}", phantoms[1])),
         headers: vec![("x-client-id".into(), "partner".into())],
+        token_hash: [9; 24],
+        issued_at: Some(NOW - 10),
+        checked_at: NOW,
     };
     for state in [TokenState::Active(active), TokenState::Inactive] {
         let entry = Entry {

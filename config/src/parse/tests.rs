@@ -490,6 +490,66 @@ fn every_bad_configuration_names_its_field() {
         ),
         (
             "json",
+            |v| v["revocation"] = json!({"path": "/events"}),
+            "revocation.jwks: is required with format json",
+        ),
+        (
+            "jwt",
+            |v| v["revocation"] = json!({"path": "/events", "jwks": {}}),
+            "revocation.jwks: is the JWT format's",
+        ),
+        (
+            "json",
+            |v| v["revocation"] = json!({"path": "/events", "jwks": {"cluster": "idsvr", "authority": "a", "path": "/jwks"}}),
+            "revocation.issuer: is required with format json",
+        ),
+        (
+            "json",
+            |v| v["revocation"] = json!({"path": "/events", "issuer": "i", "jwks": {"cluster": "idsvr", "authority": "a"}}),
+            "revocation.jwks.path: is required",
+        ),
+        (
+            "jwt",
+            |v| v["revocation"] = json!({}),
+            "revocation.path: is required",
+        ),
+        (
+            "jwt",
+            |v| v["revocation"] = json!({"path": "/events", "poll_interval_ms": 50}),
+            "revocation.poll_interval_ms: must be between 100 and 60000",
+        ),
+        (
+            "jwt",
+            |v| v["revocation"] = json!({"path": "/events", "poll_interval_ms": 2000, "max_staleness_seconds": 2}),
+            "revocation.max_staleness_seconds: must be longer than poll_interval_ms",
+        ),
+        (
+            "jwt",
+            |v| v["revocation"] = json!({"path": "/events", "max_staleness_seconds": 0}),
+            "revocation.max_staleness_seconds: must be greater than 0",
+        ),
+        (
+            "jwt",
+            |v| v["revocation"] = json!({"path": "/events", "max_events": 0}),
+            "revocation.max_events: must be between 1 and 100000",
+        ),
+        (
+            "jwt",
+            |v| v["revocation"] = json!({"path": "/events", "algorithms": ["HS256"]}),
+            "revocation.algorithms: `HS256` is not allowed",
+        ),
+        (
+            "jwt",
+            |v| v["revocation"] = json!({"path": "/events", "audience": ""}),
+            "revocation.audience: must not be empty",
+        ),
+        (
+            "jwt",
+            |v| v["revocation"] = json!({"path": "/events", "bogus": 1}),
+            "revocation: unknown field `bogus`",
+        ),
+        (
+            "json",
             |v| v["default_policy"] = json!({"allowed_certificates": {"subjects": ["CN=a\u{7}"]}}),
             "default_policy.allowed_certificates.subjects: entries must be non-empty, without control characters",
         ),
@@ -505,6 +565,37 @@ fn every_bad_configuration_names_its_field() {
         );
     }
     assert!(parse(b"not json").is_err());
+}
+
+#[test]
+fn the_revocation_feed_defaults_to_the_introspection_and_jwt_sections() {
+    let c = parse_value(&minimal("jwt")).unwrap();
+    assert_eq!(c.revocation, None, "no feed unless configured");
+    let mut v = minimal("jwt");
+    v["revocation"] = json!({"path": "/events"});
+    let c = parse_value(&v).unwrap();
+    let r = c.revocation.unwrap();
+    let j = c.introspection.format.jwt_rules().unwrap();
+    assert_eq!(r.feed.cluster, c.introspection.endpoint.cluster);
+    assert_eq!(r.feed.authority, c.introspection.endpoint.authority);
+    assert_eq!(r.feed.path, "/events");
+    assert_eq!(r.rules.issuer, j.issuer);
+    assert_eq!(r.rules.jwks, j.jwks);
+    assert_eq!(r.rules.audiences, vec![c.introspection.client_id.clone()]);
+    assert_eq!(r.rules.typ.as_deref(), Some("secevent+jwt"));
+    assert_eq!((r.poll_interval_ms, r.timeout_ms), (500, 1000));
+    assert_eq!((r.max_staleness_ms, r.max_events), (10_000, 10_000));
+
+    let mut v = minimal("json");
+    v["revocation"] = json!({
+        "path": "/events", "issuer": "https://idsvr", "audience": "gw", "algorithms": ["ES256"],
+        "jwks": {"cluster": "keys", "authority": "k", "path": "/jwks"}
+    });
+    let r = parse_value(&v).unwrap().revocation.unwrap();
+    assert_eq!(r.rules.issuer, "https://idsvr");
+    assert_eq!(r.rules.audiences, vec!["gw".to_string()]);
+    assert_eq!(r.rules.algorithms, vec![Algorithm::ES256]);
+    assert_eq!(r.rules.jwks.endpoint.cluster, "keys");
 }
 
 #[test]
