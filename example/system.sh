@@ -20,8 +20,10 @@
 #   ENVOY_BIN [.venv/bin/envoy]  API_BIN [target/release/certbound-example-api]  NODE [node]
 #   ENVOY_CONFIG_BIN [target/debug/envoy-config]   the Envoy configuration generator (make envoy-config)
 #   CERTS_DIR [certs/out]  READY_TIMEOUT [90] seconds per service
+#   ENVOY_CONCURRENCY [2]      Envoy's workers (each runs its own certbound VM)
 #   CERTBOUND_PARENT_PID       if set, everything is stopped when that process exits (tests)
 #   IDSVR_ACCESS_TOKEN_TTL, IDSVR_STATE_DIR, INTROSPECT_CLIENT_SECRET   passed to the identity server
+#   IDSVR_ADMIN_PORT, IDSVR_ADMIN_TOKEN   the identity server's offboarding endpoint (off without both)
 #   API_ADMIN_PORT             passed to the API (GET /stats on that port)
 set -euo pipefail
 
@@ -47,6 +49,7 @@ ENVOY_CONFIG_BIN="$(abs "${ENVOY_CONFIG_BIN:-target/debug/envoy-config}")"
 NODE="${NODE:-node}"
 CERTS_DIR="$(abs "${CERTS_DIR:-certs/out}")"
 READY_TIMEOUT="${READY_TIMEOUT:-90}"
+ENVOY_CONCURRENCY="${ENVOY_CONCURRENCY:-2}"
 SERVICES=(idsvr api sidecar envoy envoy-formats)
 
 say() { echo "system: $*"; }
@@ -186,6 +189,7 @@ launch() { # service
         # (vm_config.environment_variables.host_env_keys), which Envoy passes from its own.
         CERTBOUND_INTROSPECT_SECRET="$(introspect_secret)" \
           exec "$ENVOY_BIN" -c "$RUN_DIR/$s.yaml" --disable-hot-restart --base-id "$admin" \
+          --concurrency "$ENVOY_CONCURRENCY" \
           --log-level warn --component-log-level wasm:info
       ) >>"$log" 2>&1 </dev/null &
       ;;

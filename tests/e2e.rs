@@ -61,7 +61,15 @@ fn assert_denied(a: &Answer, status: u16, error: &str, what: &str) {
 fn example_system_end_to_end() {
     let started = Instant::now();
     let system = System::new();
-    for service in ["idsvr", "api", "sidecar", "envoy", "envoy-formats"] {
+    // The operator's offboarding endpoint (step 6b).
+    let admin_port = common::free_port().to_string();
+    let admin_token = format!("admin-{}", std::process::id());
+    let admin_env = [
+        ("IDSVR_ADMIN_PORT", admin_port.as_str()),
+        ("IDSVR_ADMIN_TOKEN", admin_token.as_str()),
+    ];
+    system.start("idsvr", &admin_env);
+    for service in ["api", "sidecar", "envoy", "envoy-formats"] {
         system.start(service, &[]);
     }
     let ports = system.ports;
@@ -165,9 +173,20 @@ fn example_system_end_to_end() {
     // 6. Self-signed partners on their own host name.
     self_signed(&system, &partner, ports);
 
+    // 6b. Revocation at the identity server reaches every worker within 2 s.
+    let still_cached = revocation(&system, &partner, &other_partner, &admin_port, &admin_token);
+
     // 7. The identity server goes away: 503, nothing reaches the API; service resumes when it is back.
     let unused = partner.token("partner-client", "transactions"); // in no cache yet
+    let stale = partner.token("partner-client", "transactions");
+    for host in ["api-json.example.com", "api-introspection-jwt.example.com"] {
+        let a = partner.call("GET", host, Some(&stale), &[], None).unwrap();
+        assert_eq!(a.status, 200, "{host}: {a:?}");
+    }
+    let cached_at = Instant::now();
     system.stop("idsvr");
+    let stopped = Instant::now();
+    identity_server_down(&system, &partner, &still_cached, &stale, cached_at, stopped);
     let unavailable = system.envoy_counter(false, &denied("introspection_unavailable"));
     let a = without_reaching_the_api(&system, "identity server down", || {
         partner.create(API, &unused, 4)
@@ -218,6 +237,181 @@ fn example_system_end_to_end() {
     );
 
     println!("end-to-end scenarios passed in {:?}", started.elapsed());
+}
+
+/// GET on the API with `token`, each on a new connection (Envoy's two workers take turns): every
+/// status.
+fn statuses(partner: &Partner, token: &str, n: usize) -> Vec<u16> {
+    (0..n)
+        .map(|_| {
+            partner
+                .call("GET", API, Some(token), &[], None)
+                .unwrap()
+                .status
+        })
+        .collect()
+}
+
+/// Polls until `n` requests in a row with `token` get 401, at most `within`; returns how long it
+/// took. None of the refusals reaches the API.
+fn refused_within(
+    system: &System,
+    partner: &Partner,
+    token: &str,
+    within: Duration,
+    what: &str,
+) -> Duration {
+    let start = Instant::now();
+    let mut in_a_row = 0;
+    while in_a_row < 8 {
+        assert!(
+            start.elapsed() <= within,
+            "{what}: still accepted after {:?}",
+            start.elapsed()
+        );
+        let status = without_reaching_the_api_if(system, partner, token);
+        in_a_row = if status == 401 { in_a_row + 1 } else { 0 };
+    }
+    start.elapsed()
+}
+
+/// One GET; a 401 must not have reached the API.
+fn without_reaching_the_api_if(system: &System, partner: &Partner, token: &str) -> u16 {
+    let before = system.api_requests();
+    let status = partner
+        .call("GET", API, Some(token), &[], None)
+        .unwrap()
+        .status;
+    if status == 401 {
+        assert_eq!(
+            system.api_requests(),
+            before,
+            "a refused request reached the API"
+        );
+    }
+    status
+}
+
+/// Tokens cached on both workers are revoked at the identity server (RFC 7009 by the partner, and
+/// the operator offboarding the other partner): refused within 2 s on every worker; the tokens
+/// not revoked still work. Returns a token still cached (for the outage step).
+fn revocation(
+    system: &System,
+    partner: &Partner,
+    other: &Partner,
+    admin_port: &str,
+    admin_token: &str,
+) -> String {
+    let revoked = partner.token("partner-client", "transactions");
+    let kept = partner.token("partner-client", "transactions");
+    let offboarded = [
+        other.token("partner-client-2", "transactions"),
+        other.token("partner-client-2", "transactions"),
+    ];
+    for (who, token) in [(partner, &revoked), (partner, &kept)]
+        .into_iter()
+        .chain(offboarded.iter().map(|t| (other, t)))
+    {
+        assert_eq!(
+            statuses(who, token, 8),
+            vec![200; 8],
+            "cached on both workers"
+        );
+    }
+    let applied = system.envoy_counter(false, "certbound.revocations_applied");
+    let dropped = system.envoy_counter(false, "certbound.revocation_entries_dropped");
+
+    let a = partner.revoke("partner-client", &revoked);
+    assert_eq!(a.status, 200, "RFC 7009 revocation: {a:?}");
+    let took = refused_within(
+        system,
+        partner,
+        &revoked,
+        Duration::from_secs(2),
+        "revoked token",
+    );
+    println!("a revoked token was refused by every worker after {took:?}");
+    assert_eq!(
+        statuses(partner, &kept, 6),
+        vec![200; 6],
+        "the token not revoked"
+    );
+    assert!(system.envoy_counter(false, "certbound.revocations_applied") > applied);
+    assert!(
+        system.envoy_counter(false, "certbound.revocation_entries_dropped") >= dropped + 2,
+        "both workers dropped the entry"
+    );
+
+    // The operator offboards partner-client-2: all its tokens go, partner-client's stay.
+    let r = system::plain_client()
+        .post(format!("http://127.0.0.1:{admin_port}/admin/offboard"))
+        .header("authorization", format!("Bearer {admin_token}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("client_id=partner-client-2")
+        .send()
+        .expect("offboarding");
+    assert_eq!(r.status(), 200, "offboarding");
+    for token in &offboarded {
+        let took = refused_within(system, other, token, Duration::from_secs(2), "offboarded");
+        println!("an offboarded partner's token was refused after {took:?}");
+    }
+    assert_eq!(statuses(partner, &kept, 6), vec![200; 6], "another partner");
+    kept
+}
+
+/// Step 7's first part: the identity server (and so the revocation feed) is down. The main API
+/// (revocation on, `max_staleness_seconds` 10) keeps deciding from its cache for the staleness
+/// bound, then re-introspects, and fails closed (503). envoy-formats' api-introspection-jwt has
+/// stale-if-error on (entries live 3 s, 5 s more while the identity server is down); api-json
+/// has it off: the same recently expired token gets 200 on the first, 503 on the second, and 503
+/// on both past the budget.
+fn identity_server_down(
+    system: &System,
+    partner: &Partner,
+    cached: &str,
+    stale: &str,
+    cached_at: Instant,
+    stopped: Instant,
+) {
+    assert_eq!(
+        statuses(partner, cached, 4),
+        vec![200; 4],
+        "within the staleness bound"
+    );
+    let get = |host: &str| partner.call("GET", host, Some(stale), &[], None).unwrap();
+    let served = system.envoy_counter(true, "certbound.stale_answers");
+    std::thread::sleep(
+        (cached_at + Duration::from_millis(3500)).saturating_duration_since(Instant::now()),
+    );
+    let a = get("api-introspection-jwt.example.com");
+    assert_eq!(a.status, 200, "stale-if-error on, within the budget: {a:?}");
+    assert_eq!(
+        system.envoy_counter(true, "certbound.stale_answers"),
+        served + 1
+    );
+    let a = get("api-json.example.com");
+    assert_eq!(a.status, 503, "stale-if-error off (the default): {a:?}");
+    std::thread::sleep(
+        (cached_at + Duration::from_millis(9000)).saturating_duration_since(Instant::now()),
+    );
+    let a = get("api-introspection-jwt.example.com");
+    assert_eq!(a.status, 503, "past the stale-if-error budget: {a:?}");
+    // The feed has been down for more than its staleness bound: the cached token is checked
+    // again, which fails while the identity server is down.
+    std::thread::sleep(
+        (stopped + Duration::from_millis(11_000)).saturating_duration_since(Instant::now()),
+    );
+    let calls = system.envoy_counter(false, "certbound.introspection_calls");
+    let a = without_reaching_the_api(system, "a stale feed", || {
+        partner.call("GET", API, Some(cached), &[], None).unwrap()
+    });
+    assert_eq!(a.status, 503, "past the feed's staleness bound: {a:?}");
+    assert!(
+        system.envoy_counter(false, "certbound.introspection_calls") > calls,
+        "re-introspected"
+    );
+    let lag = system.envoy_counter(false, "certbound.revocation_feed_lag_ms");
+    assert!(lag >= 10_000, "feed lag gauge: {lag} ms");
 }
 
 /// The three topologies where certbound is not where the partner's TLS ends, each with real

@@ -1723,3 +1723,94 @@ fn an_expired_entry_is_served_stale_within_the_bound_while_the_identity_server_f
         assert_eq!(f.get(CLIENT, PROTECTED_PATH, Some(&token)).status, 503);
     }
 }
+
+/// The revocation feed in a real Envoy with two workers: forged events are ignored; a signed
+/// event makes every worker refuse the token it names within 2 s while another token still
+/// works; while the feed fails past `max_staleness_seconds` each request is introspected again,
+/// and the cache decides again once the feed answers.
+#[test]
+fn revocation_events_reach_every_worker_and_a_stale_feed_means_introspection() {
+    let f = Fixture::with_opts(
+        Format::Jwt,
+        |c| {
+            c["revocation"] =
+                json!({"path": "/events", "poll_interval_ms": 200, "max_staleness_seconds": 2})
+        },
+        |o| o.concurrency = 2,
+    );
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let start = std::time::Instant::now();
+        while !done() {
+            assert!(start.elapsed() < Duration::from_secs(5), "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        start.elapsed()
+    };
+    wait_for("the feed is polled", &|| {
+        f.counter("certbound.revocation_polls") >= 2
+    });
+    let revoked = f.bound_token(CLIENT, SCOPES);
+    let kept = f.bound_token(CLIENT, SCOPES);
+    // A new client (and connection) per request: both workers are asked.
+    let statuses = |token: &str| -> Vec<u16> {
+        (0..6)
+            .map(|_| f.get(CLIENT, PROTECTED_PATH, Some(token)).status)
+            .collect()
+    };
+    assert_eq!(statuses(&revoked), vec![200; 6]);
+    assert_eq!(statuses(&kept), vec![200; 6]);
+    let calls = f.idp.calls();
+    assert_eq!(calls, 2, "then served from the cache");
+
+    // Forged: signed by a key the key set lacks (same kid), and unsigned.
+    use base64::Engine;
+    let b64 = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let genuine = revocation_set(common::introspection::signing_key(), &revoked);
+    let payload = genuine.split('.').nth(1).unwrap().to_string();
+    f.idp
+        .publish(revocation_set(common::introspection::other_key(), &revoked));
+    f.idp.publish(format!(
+        "{}.{payload}.",
+        b64(r#"{"alg":"none","typ":"secevent+jwt"}"#)
+    ));
+    wait_for("the forged events are refused", &|| {
+        f.counter("certbound.revocation_events_rejected") >= 2
+    });
+    assert_eq!(
+        statuses(&revoked),
+        vec![200; 6],
+        "forged events change nothing"
+    );
+    assert_eq!(f.counter("certbound.revocations_applied"), 0);
+
+    f.idp.publish(genuine);
+    let took = wait_for("the revoked token is refused", &|| {
+        statuses(&revoked) == vec![401; 6]
+    });
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert_eq!(statuses(&kept), vec![200; 6]);
+    assert_eq!(f.idp.calls(), calls, "refused without introspection");
+    assert_eq!(f.counter("certbound.revocations_applied"), 1);
+
+    // The feed fails: within the staleness bound the cache decides, past it every request is
+    // introspected (and allowed: the identity server still answers introspection).
+    f.idp.feed_down(true);
+    std::thread::sleep(Duration::from_millis(2600));
+    assert_eq!(statuses(&kept), vec![200; 6]);
+    assert_eq!(f.idp.calls(), calls + 6, "each request was introspected");
+    assert!(f.counter("certbound.revocation_feed_lag_ms") >= 2000);
+    assert!(f.counter("certbound.revocation_poll_failures") >= 2);
+    assert_eq!(
+        statuses(&revoked),
+        vec![401; 6],
+        "re-introspected as active, still refused by the recorded event"
+    );
+    f.idp.feed_down(false);
+    wait_for("the feed answers again", &|| {
+        f.counter("certbound.revocation_feed_lag_ms") < 1000
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let calls = f.idp.calls();
+    assert_eq!(statuses(&kept), vec![200; 6]);
+    assert_eq!(f.idp.calls(), calls, "the cache decides again");
+}

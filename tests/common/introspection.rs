@@ -17,6 +17,8 @@ use super::{now, CLIENT_ID, CLIENT_SECRET, ISSUER};
 pub const INTROSPECTION_PATH: &str = "/introspect";
 pub const JWKS_PATH: &str = "/jwks";
 pub const KEY_ID: &str = "certbound-test-key-1";
+pub const EVENTS_PATH: &str = "/events";
+pub const TOKEN_REVOKED: &str = "https://certbound.example/secevent/token-revoked";
 
 /// `introspection.format` of config.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,6 +186,10 @@ struct State {
     /// `tls_client_auth`: the client_id the body must name, with no `Authorization` (the TLS
     /// part, a client certificate on the connection, is the real identity server's to check).
     tls_client: Mutex<Option<String>>,
+    /// The revocation feed: the SETs published, in order, and whether the feed answers 500.
+    feed: Mutex<Vec<String>>,
+    feed_down: std::sync::atomic::AtomicBool,
+    feed_polls: AtomicUsize,
 }
 
 pub struct Introspection {
@@ -242,6 +248,20 @@ impl Introspection {
         *self.state.max_age.lock().unwrap() = max_age;
     }
 
+    /// Adds a SET to the revocation feed (`EVENTS_PATH`).
+    pub fn publish(&self, set: String) {
+        self.state.feed.lock().unwrap().push(set);
+    }
+
+    /// Makes the feed answer 500 (`true`) or answer again (`false`).
+    pub fn feed_down(&self, down: bool) {
+        self.state.feed_down.store(down, Ordering::SeqCst);
+    }
+
+    pub fn feed_polls(&self) -> usize {
+        self.state.feed_polls.load(Ordering::SeqCst)
+    }
+
     /// POSTs received at the introspection path (any credentials).
     pub fn calls(&self) -> usize {
         self.state.calls.load(Ordering::SeqCst)
@@ -278,6 +298,9 @@ fn handle(format: Format, state: &State, req: &Request) -> Reply {
                 reply
             }
         };
+    }
+    if path == EVENTS_PATH && req.method == "GET" {
+        return feed(state, req);
     }
     if path != INTROSPECTION_PATH {
         return Reply::new(404, "text/plain", "not found");
@@ -367,6 +390,33 @@ fn handle(format: Format, state: &State, req: &Request) -> Reply {
             .insert(token, String::from_utf8_lossy(body).into_owned());
     }
     with_max_age(state, reply)
+}
+
+/// The revocation feed as docs/config.md describes it: the SETs after the cursor `n.<count>`.
+fn feed(state: &State, req: &Request) -> Reply {
+    state.feed_polls.fetch_add(1, Ordering::SeqCst);
+    if state.feed_down.load(Ordering::SeqCst) {
+        return Reply::new(500, "text/plain", "down");
+    }
+    let after = req
+        .path
+        .split_once("?after=n.")
+        .and_then(|(_, n)| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    let sets = state.feed.lock().unwrap().clone();
+    let body = json!({"events": sets.get(after..).unwrap_or_default(), "next": format!("n.{}", sets.len())});
+    Reply::new(200, "application/json", body.to_string())
+}
+
+/// A revocation event (RFC 8417 SET) naming `token`, signed by `key`.
+pub fn revocation_set(key: &PS256KeyPair, token: &str) -> String {
+    use sha2::Digest;
+    let hash = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(token.as_bytes()));
+    let claims = json!({
+        "iss": super::ISSUER, "aud": super::CLIENT_ID, "iat": super::now(), "jti": hash,
+        "events": { TOKEN_REVOKED: { "token_hash": &hash[..32], "retain_until": super::now() + 3600 } }
+    });
+    sign(key, &claims, Some("secevent+jwt"))
 }
 
 fn with_max_age(state: &State, reply: Reply) -> Reply {

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 #[allow(unused_imports)]
 pub use envoy::{Envoy, EnvoyOpts, RemoteModule, StartError};
-pub use introspection::{Behaviour, Format, Introspection, JwksFault};
+pub use introspection::{revocation_set, Behaviour, Format, Introspection, JwksFault};
 pub use upstream::Upstream;
 
 pub const ISSUER: &str = "https://idsvr.test";

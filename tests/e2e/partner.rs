@@ -125,6 +125,23 @@ impl Partner {
         answer(response)
     }
 
+    /// RFC 7009 revocation of one of this partner's tokens, authenticated by its certificate as at
+    /// the token endpoint (through the front proxy's TLS pass-through).
+    pub fn revoke(&self, client_id: &str, token: &str) -> Answer {
+        let url = format!(
+            "https://login.example.com:{}/oauth/v2/oauth-revoke",
+            self.port_of("login.example.com")
+        );
+        let response = self
+            .client
+            .post(url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("client_id={client_id}&token={token}"))
+            .send()
+            .unwrap_or_else(|e| panic!("{}: revocation request failed: {e:?}", self.name));
+        answer(response).expect("revocation answer")
+    }
+
     /// An access token, or a panic that says why not.
     pub fn token(&self, client_id: &str, scope: &str) -> String {
         let a = self
