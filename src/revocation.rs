@@ -49,7 +49,7 @@ pub fn token_hash(token: &str) -> TokenHash {
 /// What an event revokes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Target {
-    Token(TokenHash),
+    Token(#[serde(with = "hash_b64")] TokenHash),
     /// Every token of `client_id` issued before `issued_before` (Unix seconds).
     Client {
         client_id: String,
@@ -126,21 +126,35 @@ pub fn parse_feed(body: &[u8]) -> Result<(Vec<String>, String), &'static str> {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Verified {
     pub events: Vec<Event>,
-    /// SETs refused (bad signature, unsigned, wrong issuer or audience, unknown event): with why.
+    /// SETs refused for good (bad signature, unsigned, wrong issuer or audience, unknown event),
+    /// with why: the cursor moves past them.
     pub rejected: Vec<&'static str>,
+    /// Why the poll is not recorded and is made again later (the cursor stays): a SET not valid
+    /// yet, or signed by a key the key set lacks while it may not be refetched yet. Until then
+    /// the feed's lag grows, so `max_staleness` bounds what a missed event can cost.
+    pub retry: Option<&'static str>,
     /// A SET names a key the key set lacks and the key set may be refetched: the poll is not
     /// recorded; the key set is fetched first.
     pub unknown_key: bool,
 }
 
+/// How an unknown `kid` is handled: refetch the key set, wait until that is allowed, or refuse
+/// the SET (the key set was just fetched for it and still lacks the key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refetch {
+    Allowed,
+    NotYet,
+    JustDone,
+}
+
 /// Verifies each SET against the key set and the section's rules (issuer, audience, algorithms,
-/// `typ` `secevent+jwt`). `may_refetch`: whether an unknown `kid` is worth a key set fetch.
+/// `typ` `secevent+jwt`).
 pub fn verify_sets(
     sets: &[String],
     keys: &KeySet,
     r: &Revocation,
     now: u64,
-    may_refetch: bool,
+    refetch: Refetch,
 ) -> Verified {
     let mut out = Verified::default();
     for set in sets {
@@ -149,14 +163,40 @@ pub fn verify_sets(
                 Ok(event) => out.events.push(event),
                 Err(why) => out.rejected.push(why),
             },
-            Err(JwtError::UnknownKey) if may_refetch => {
+            Err(JwtError::UnknownKey) if refetch == Refetch::Allowed => {
                 out.unknown_key = true;
+                return out;
+            }
+            Err(JwtError::UnknownKey) if refetch == Refetch::NotYet => {
+                out.retry =
+                    Some("an event's key is not in the key set, which may not be refetched yet");
+                return out;
+            }
+            Err(JwtError::NotYetValid) => {
+                out.retry = Some("an event is not valid yet (its iat is ahead of this clock)");
                 return out;
             }
             Err(e) => out.rejected.push(e.describe()),
         }
     }
     out
+}
+
+/// The hash's base64url in the log (24 numbers in JSON would take five times the room).
+mod hash_b64 {
+    use super::{TokenHash, URL_SAFE_NO_PAD};
+    use base64::Engine;
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(hash: &TokenHash, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&URL_SAFE_NO_PAD.encode(hash))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<TokenHash, D::Error> {
+        let text = String::deserialize(d)?;
+        let bytes = URL_SAFE_NO_PAD.decode(text).map_err(D::Error::custom)?;
+        TokenHash::try_from(bytes.as_slice()).map_err(D::Error::custom)
+    }
 }
 
 /// The feed's state in shared data.
@@ -166,24 +206,56 @@ pub struct Feed {
     pub cursor: Option<String>,
     /// When the feed last answered (Unix milliseconds; 0: never).
     pub ok_at_ms: u64,
-    /// When the next poll is due. A worker that claims the poll moves it past its call's timeout:
-    /// the lease that keeps the other workers from polling too.
+    /// When the next poll is due, or while `holder` polls, when its lease ends (`lease_ms`).
     pub due_ms: u64,
-    /// Events recorded so far: the log's version.
+    /// The worker polling now (its nonce; 0: none). Only it may record, fail or release the poll.
+    pub holder: u64,
+    /// Chosen anew whenever the state starts over (none yet, or another configuration's): the
+    /// sequence numbers are counted within it, so a worker that sees another epoch applies the
+    /// whole log again.
+    pub epoch: u64,
+    /// Events recorded so far in this epoch: the log's version.
     pub seq: u64,
-    /// Unix seconds (0: none): an entry checked at or before this is not trusted (the log
-    /// overflowed then, and dropped events not yet expired).
+    /// Unix seconds (0: none): an entry checked at or before this is not trusted (events were
+    /// lost then: the log overflowed, or could not be read).
     pub revoked_before: u64,
 }
 
-/// The event log in shared data: (sequence number, event), oldest first.
+/// The event log in shared data: its epoch, the feed's `seq` when it was written, and
+/// (sequence number, event), oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Log(pub Vec<(u64, Event)>);
+pub struct Log {
+    pub epoch: u64,
+    pub seq: u64,
+    pub events: Vec<(u64, Event)>,
+}
+
+/// How long a claimed poll is its holder's: its call's timeout (the feed's or the key set's),
+/// the interval, and a second to spare. A `due_ms` further ahead than this is a clock that went
+/// back: the poll is due.
+fn lease_ms(r: &Revocation) -> u64 {
+    r.timeout_ms.max(r.rules.jwks.timeout_ms) + r.poll_interval_ms + 1000
+}
+
+/// One poll's verified events, the cursor after them, and whether the feed has more (a full
+/// page: the next poll is due at once).
+pub struct Page {
+    pub events: Vec<Event>,
+    pub next: String,
+    pub more: bool,
+}
 
 /// Both values, under the cache's namespace and seal.
 pub struct RevocationStore<'a> {
     pub namespace: &'a str,
     pub seal: &'a Seal,
+}
+
+/// What shared data holds under a key: nothing, a value this configuration sealed, or another's.
+enum Stored<T> {
+    Missing,
+    Ours(T, Option<u32>),
+    Foreign(Option<u32>),
 }
 
 impl RevocationStore<'_> {
@@ -195,17 +267,18 @@ impl RevocationStore<'_> {
         format!("{}/revocation/events", self.namespace)
     }
 
-    fn read<T: for<'de> Deserialize<'de>>(
-        &self,
-        store: &dyn SharedStore,
-        key: &str,
-    ) -> Option<(Option<T>, Option<u32>)> {
-        let (bytes, cas) = store.get(key)?;
-        let value = self
+    fn read<T: for<'de> Deserialize<'de>>(&self, store: &dyn SharedStore, key: &str) -> Stored<T> {
+        let Some((bytes, cas)) = store.get(key) else {
+            return Stored::Missing;
+        };
+        match self
             .seal
             .open(&bytes)
-            .and_then(|v| serde_json::from_slice(v).ok());
-        Some((value, cas))
+            .and_then(|v| serde_json::from_slice(v).ok())
+        {
+            Some(value) => Stored::Ours(value, cas),
+            None => Stored::Foreign(cas),
+        }
     }
 
     fn write<T: Serialize>(
@@ -221,105 +294,134 @@ impl RevocationStore<'_> {
         }
     }
 
-    /// The feed's state; a missing one is a feed never polled. `None` when the value there is not
-    /// this configuration's (corrupt, or sealed by another): nothing is trusted then.
-    pub fn feed(&self, store: &dyn SharedStore) -> Option<(Feed, Option<u32>)> {
+    /// The feed's state (`None`: another configuration's, or unreadable) and its CAS.
+    pub fn feed(&self, store: &dyn SharedStore) -> (Option<Feed>, Option<u32>) {
         match self.read(store, &self.feed_key()) {
-            None => Some((Feed::default(), None)),
-            Some((Some(feed), cas)) => Some((feed, cas)),
-            Some((None, cas)) => Some((
-                Feed {
-                    // Another configuration's state: polled again from the start, every entry
-                    // checked before now distrusted.
-                    seq: u64::MAX,
-                    ..Feed::default()
-                },
-                cas,
-            )),
+            Stored::Missing => (Some(Feed::default()), None),
+            Stored::Ours(feed, cas) => (Some(feed), cas),
+            Stored::Foreign(cas) => (None, cas),
         }
     }
 
-    pub fn log(&self, store: &dyn SharedStore) -> Option<Log> {
-        match self.read(store, &self.log_key()) {
-            None => Some(Log::default()),
-            Some((log, _)) => log,
+    /// The log, if it is this configuration's and of `epoch`.
+    pub fn log(&self, store: &dyn SharedStore, epoch: u64) -> Option<(Log, Option<u32>)> {
+        match self.read::<Log>(store, &self.log_key()) {
+            Stored::Ours(log, cas) if log.epoch == epoch => Some((log, cas)),
+            _ => None,
         }
     }
 
-    /// Claims the poll if it is due: true if this worker is to poll now.
-    pub fn claim(&self, store: &dyn SharedStore, r: &Revocation, now_ms: u64) -> bool {
-        let Some((mut feed, cas)) = self.feed(store) else {
-            return false;
-        };
-        if feed.due_ms > now_ms {
+    /// Claims the poll if it is due: true if this worker (`nonce`) is to poll now. A state that
+    /// is not this configuration's starts over, in a new epoch.
+    pub fn claim(&self, store: &dyn SharedStore, r: &Revocation, now_ms: u64, nonce: u64) -> bool {
+        let (feed, cas) = self.feed(store);
+        let mut feed = feed.unwrap_or_default();
+        let lease = lease_ms(r);
+        if feed.due_ms > now_ms && feed.due_ms <= now_ms.saturating_add(lease) {
             return false;
         }
-        if feed.seq == u64::MAX {
-            feed = Feed::default();
+        if feed.epoch == 0 {
+            feed = Feed {
+                epoch: (nonce ^ now_ms).max(1),
+                ..Feed::default()
+            };
         }
-        feed.due_ms = now_ms + r.timeout_ms + r.poll_interval_ms;
-        self.write(store, &self.feed_key(), &feed, cas)
+        feed.holder = nonce;
+        feed.due_ms = now_ms + lease;
+        if !self.write(store, &self.feed_key(), &feed, cas) {
+            return false;
+        }
+        // A first write has no CAS to lose: read it back, the last writer holds the poll.
+        cas.is_some() || self.feed(store).0.is_some_and(|f| f.holder == nonce)
     }
 
     /// The cursor to poll from.
     pub fn cursor(&self, store: &dyn SharedStore) -> Option<String> {
-        self.feed(store).and_then(|(f, _)| f.cursor)
+        self.feed(store).0.and_then(|f| f.cursor)
+    }
+
+    /// Gives up the poll `nonce` holds; the next one is due at `due_ms`.
+    fn give_up(&self, store: &dyn SharedStore, nonce: u64, due_ms: u64) {
+        if let (Some(mut feed), cas) = self.feed(store) {
+            if feed.holder == nonce {
+                feed.holder = 0;
+                feed.due_ms = due_ms;
+                self.write(store, &self.feed_key(), &feed, cas);
+            }
+        }
     }
 
     /// A poll failed: the next one is due after the interval; the feed's age goes on growing.
-    pub fn failed(&self, store: &dyn SharedStore, r: &Revocation, now_ms: u64) {
-        if let Some((mut feed, cas)) = self.feed(store) {
-            feed.due_ms = now_ms + r.poll_interval_ms;
-            self.write(store, &self.feed_key(), &feed, cas);
-        }
+    pub fn failed(&self, store: &dyn SharedStore, r: &Revocation, now_ms: u64, nonce: u64) {
+        self.give_up(store, nonce, now_ms + r.poll_interval_ms);
     }
 
     /// The poll is given back without an answer (the key set is fetched first): due at once.
-    pub fn release(&self, store: &dyn SharedStore) {
-        if let Some((mut feed, cas)) = self.feed(store) {
-            feed.due_ms = 0;
-            self.write(store, &self.feed_key(), &feed, cas);
-        }
+    pub fn release(&self, store: &dyn SharedStore, nonce: u64) {
+        self.give_up(store, nonce, 0);
     }
 
-    /// Records a poll's events and its `next` cursor: the log first (pruned of what has expired,
-    /// bounded), then the state that says it grew. Returns the events recorded.
+    /// Records a poll's page: the log first (pruned of what has expired, bounded, written with
+    /// its CAS), then the state that says it grew. `None` when this worker no longer holds the
+    /// poll or lost a race: nothing is recorded, the poll is made again.
     pub fn record(
         &self,
         store: &dyn SharedStore,
         r: &Revocation,
-        events: Vec<Event>,
-        next: String,
+        page: Page,
         now_ms: u64,
-    ) -> usize {
+        nonce: u64,
+    ) -> Option<usize> {
         let now = now_ms / 1000;
-        let Some((mut feed, cas)) = self.feed(store) else {
-            return 0;
+        let (Some(mut feed), cas) = self.feed(store) else {
+            return None;
         };
-        if feed.seq == u64::MAX {
-            feed = Feed::default();
+        if feed.holder != nonce {
+            return None;
         }
+        let Page { events, next, more } = page;
         let recorded = events.len();
-        if recorded > 0 || feed.seq == 0 {
-            let mut log = self.log(store).unwrap_or_default();
-            log.0.retain(|(_, e)| e.retain_until > now);
+        if recorded > 0 {
+            let (mut log, log_cas) = match self.read::<Log>(store, &self.log_key()) {
+                Stored::Ours(log, cas) if log.epoch == feed.epoch && log.seq >= feed.seq => {
+                    (log, cas)
+                }
+                other => {
+                    // No log of this state's (lost, or another configuration's): what it held
+                    // is unknown, so every entry checked until now is checked again.
+                    if feed.seq > 0 {
+                        feed.revoked_before = now;
+                    }
+                    let cas = match other {
+                        Stored::Ours(_, cas) | Stored::Foreign(cas) => cas,
+                        Stored::Missing => None,
+                    };
+                    (Log::default(), cas)
+                }
+            };
+            log.epoch = feed.epoch;
+            log.events.retain(|(_, e)| e.retain_until > now);
             for event in events.into_iter().filter(|e| e.retain_until > now) {
                 feed.seq += 1;
-                log.0.push((feed.seq, event));
+                log.events.push((feed.seq, event));
             }
-            if log.0.len() > r.max_events {
-                // The oldest events go; every entry checked before now is checked again.
-                let excess = log.0.len() - r.max_events;
-                log.0.drain(..excess);
+            if log.events.len() > r.max_events {
+                // The oldest events go; every entry checked until now is checked again.
+                let excess = log.events.len() - r.max_events;
+                log.events.drain(..excess);
                 feed.revoked_before = now;
             }
-            self.write(store, &self.log_key(), &log, None);
+            log.seq = feed.seq;
+            if !self.write(store, &self.log_key(), &log, log_cas) {
+                return None;
+            }
         }
         feed.cursor = Some(next);
         feed.ok_at_ms = now_ms;
-        feed.due_ms = now_ms + r.poll_interval_ms;
-        self.write(store, &self.feed_key(), &feed, cas);
-        recorded
+        feed.holder = 0;
+        feed.due_ms = if more { 0 } else { now_ms + r.poll_interval_ms };
+        self.write(store, &self.feed_key(), &feed, cas)
+            .then_some(recorded)
     }
 }
 
@@ -329,19 +431,27 @@ pub struct Revocations {
     /// Whether cached entries may decide requests: always without a feed; with one, whether it
     /// answered within `max_staleness` at the last tick. Read on every request.
     pub trusted: bool,
-    /// The log's version this worker has applied.
+    /// This worker's name in the poll's lease (random per VM).
+    pub nonce: u64,
+    /// The feed state's epoch and log version this worker has applied.
+    epoch: u64,
     seq: u64,
     revoked_before: u64,
     /// Revoked tokens, with when they are forgotten.
     tokens: HashMap<TokenHash, u64>,
     /// Offboarded clients: (issued before, retain until).
     clients: HashMap<String, (u64, u64)>,
+    /// When (Unix seconds) forgotten events were last pruned.
+    pruned_at: u64,
     /// This worker's root context has a feed or key set call out.
     pub polling: Option<PollCall>,
     /// Milliseconds since the feed last answered, as of the last tick (`None`: never).
     pub lag_ms: Option<u64>,
     /// The last poll found a key the key set lacks: the next claim fetches the key set first.
     pub refetch_keys: bool,
+    /// The key set was fetched for such a key: if the next poll's SET still names an unknown
+    /// key, the SET is refused.
+    pub refetched_for_key: bool,
 }
 
 /// What the recorded events say of a cached entry.
@@ -350,7 +460,8 @@ pub enum Standing {
     Good,
     /// An event names its token: refused.
     Revoked,
-    /// Checked before events were forgotten (the log overflowed): introspected again.
+    /// Checked before events were lost (the log overflowed or was lost), or a token whose client
+    /// is unknown while a client is offboarded: introspected again.
     Unsure,
 }
 
@@ -370,17 +481,30 @@ pub struct Synced {
     pub unsure: usize,
 }
 
+/// A random number from the host (WASI `random_get`, through the standard library's hasher
+/// seed): no crate needed for one number per VM.
+fn random_nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u8(0);
+    h.finish().max(1)
+}
+
 impl Revocations {
     pub fn new(feed: Option<&Revocation>) -> Revocations {
         Revocations {
             trusted: feed.is_none(),
+            nonce: random_nonce(),
+            epoch: 0,
             seq: 0,
             revoked_before: 0,
             tokens: HashMap::new(),
             clients: HashMap::new(),
+            pruned_at: 0,
             polling: None,
             lag_ms: None,
             refetch_keys: false,
+            refetched_for_key: false,
         }
     }
 
@@ -389,17 +513,25 @@ impl Revocations {
         let TokenState::Active(t) = &entry.state else {
             return Standing::Good;
         };
+        if self.tokens.contains_key(&t.token_hash) {
+            return Standing::Revoked;
+        }
         // A token whose client is offboarded goes unless it was issued after the event's time
         // (an `iat` the answer did not give counts as before).
-        let offboarded = || {
-            t.client_id
-                .as_ref()
-                .and_then(|c| self.clients.get(c))
-                .is_some_and(|(before, _)| t.issued_at.is_none_or(|iat| iat < *before))
-        };
-        if self.tokens.contains_key(&t.token_hash) || offboarded() {
-            Standing::Revoked
-        } else if self.revoked_before > 0 && t.checked_at <= self.revoked_before {
+        match &t.client_id {
+            Some(c) => {
+                let offboarded = self
+                    .clients
+                    .get(c)
+                    .is_some_and(|(before, _)| t.issued_at.is_none_or(|iat| iat < *before));
+                if offboarded {
+                    return Standing::Revoked;
+                }
+            }
+            None if !self.clients.is_empty() => return Standing::Unsure,
+            None => {}
+        }
+        if self.revoked_before > 0 && t.checked_at <= self.revoked_before {
             Standing::Unsure
         } else {
             Standing::Good
@@ -423,8 +555,8 @@ impl Revocations {
     }
 
     /// The tick: reads the feed's state, applies events recorded since the last tick (reading
-    /// the log only then), drops the cache entries they revoke, and decides whether the cache is
-    /// trusted until the next tick.
+    /// the log only then), takes out the cache entries they revoke, and decides whether the
+    /// cache is trusted until the next tick.
     pub fn sync(
         &mut self,
         r: &Revocation,
@@ -434,22 +566,28 @@ impl Revocations {
         now_ms: u64,
     ) -> Synced {
         let now = now_ms / 1000;
-        let Some((feed, _)) = shared.feed(store) else {
-            self.trusted = false;
-            return Synced::default();
-        };
         let mut synced = Synced::default();
-        let grew = feed.seq != self.seq || feed.revoked_before != self.revoked_before;
-        let mut consistent = feed.seq != u64::MAX;
-        if grew && consistent {
-            match shared.log(store) {
-                Some(log) => {
-                    // A log that starts over (a new namespace owner) is applied whole.
-                    let since = if feed.seq < self.seq { 0 } else { self.seq };
-                    for (_, event) in log.0.iter().filter(|(seq, _)| *seq > since) {
+        let (Some(feed), _) = shared.feed(store) else {
+            self.trusted = false;
+            return synced;
+        };
+        let grew = feed.seq != self.seq
+            || feed.epoch != self.epoch
+            || feed.revoked_before != self.revoked_before;
+        let mut consistent = true;
+        if grew {
+            match shared.log(store, feed.epoch) {
+                // The log may be ahead of the state (written first), never behind it.
+                Some((log, _)) if log.seq >= feed.seq => {
+                    let since = if feed.epoch == self.epoch {
+                        self.seq
+                    } else {
+                        0
+                    };
+                    for (_, event) in log.events.iter().filter(|(seq, _)| *seq > since) {
                         self.apply(event);
                     }
-                    // Events the log dropped past `since` are covered by `revoked_before`.
+                    self.epoch = feed.epoch;
                     self.seq = feed.seq;
                     self.revoked_before = feed.revoked_before;
                     let taken = local.take(|e| self.standing(e) != Standing::Good);
@@ -459,13 +597,28 @@ impl Revocations {
                     synced.revoked = revoked;
                     synced.unsure = unsure.len();
                 }
-                None => consistent = false,
+                // No events yet in this epoch: nothing to apply.
+                None if feed.seq == 0 => {
+                    self.epoch = feed.epoch;
+                    self.seq = 0;
+                    self.revoked_before = feed.revoked_before;
+                    let unsure = local.take(|e| self.standing(e) != Standing::Good);
+                    synced.unsure = unsure.len();
+                }
+                _ => consistent = false,
             }
         }
-        self.tokens.retain(|_, until| *until > now);
-        self.clients.retain(|_, (_, until)| *until > now);
+        if now != self.pruned_at {
+            self.pruned_at = now;
+            self.tokens.retain(|_, until| *until > now);
+            self.clients.retain(|_, (_, until)| *until > now);
+        }
         self.lag_ms = (feed.ok_at_ms > 0).then(|| now_ms.saturating_sub(feed.ok_at_ms));
-        self.trusted = consistent && self.lag_ms.is_some_and(|lag| lag <= r.max_staleness_ms);
+        // An answer from the future is a clock that went back: not trusted.
+        let fresh = feed.ok_at_ms > 0
+            && feed.ok_at_ms <= now_ms.saturating_add(1000)
+            && now_ms.saturating_sub(feed.ok_at_ms) <= r.max_staleness_ms;
+        self.trusted = consistent && fresh;
         synced
     }
 
@@ -488,13 +641,18 @@ fn store_of<'a>(cfg: &'a Config, seal: &'a Seal) -> RevocationStore<'a> {
     }
 }
 
+/// The events asked for per poll: a page the default `max_body_bytes` holds (a PS256 SET is
+/// about 800 bytes); with more waiting, the next poll goes out on the next tick.
+pub const PAGE: usize = 50;
+
 /// The worker's tick (`now_ms`: Unix milliseconds): applies what other workers recorded, then,
 /// if the poll is due and this worker claims it, the call to send (the feed, or first the key
 /// set its events are verified with).
 pub fn on_tick(cfg: &Config, st: &mut State, store: &dyn SharedStore, now_ms: u64) -> Option<Call> {
     let r = cfg.revocation.as_ref()?;
     apply_recorded(cfg, r, st, store, now_ms);
-    if st.revocations.polling.is_some() || !store_of(cfg, &st.seal).claim(store, r, now_ms) {
+    let nonce = st.revocations.nonce;
+    if st.revocations.polling.is_some() || !store_of(cfg, &st.seal).claim(store, r, now_ms, nonce) {
         return None;
     }
     let now = now_ms / 1000;
@@ -504,7 +662,7 @@ pub fn on_tick(cfg: &Config, st: &mut State, store: &dyn SharedStore, now_ms: u6
             .key_set_failed_at
             .is_some_and(|t| now < t.saturating_add(KEY_SET_BACKOFF_SECONDS));
         if backing_off {
-            store_of(cfg, &st.seal).failed(store, r, now_ms);
+            store_of(cfg, &st.seal).failed(store, r, now_ms, nonce);
             st.tally.count(Metric::RevocationPollFailure);
             return None;
         }
@@ -516,14 +674,12 @@ pub fn on_tick(cfg: &Config, st: &mut State, store: &dyn SharedStore, now_ms: u6
     Some(feed_call(r, cursor.as_deref()))
 }
 
-/// `GET <path>?after=<cursor>` (no cursor: from the beginning).
+/// `GET <path>?after=<cursor>&limit=PAGE` (no cursor: from the beginning).
 fn feed_call(r: &Revocation, cursor: Option<&str>) -> Call {
+    let sep = if r.feed.path.contains('?') { '&' } else { '?' };
     let path = match cursor {
-        Some(c) => {
-            let sep = if r.feed.path.contains('?') { '&' } else { '?' };
-            format!("{}{sep}after={c}", r.feed.path)
-        }
-        None => r.feed.path.clone(),
+        Some(c) => format!("{}{sep}after={c}&limit={PAGE}", r.feed.path),
+        None => format!("{}{sep}limit={PAGE}", r.feed.path),
     };
     Call {
         kind: CallKind::RevocationFeed,
@@ -551,7 +707,8 @@ pub fn answer_limit(cfg: &Config, st: &State) -> usize {
 /// The root context's call could not be sent.
 pub fn on_dispatch_failed(cfg: &Config, st: &mut State, store: &dyn SharedStore, now_ms: u64) {
     if let (Some(r), Some(_)) = (&cfg.revocation, st.revocations.polling.take()) {
-        store_of(cfg, &st.seal).failed(store, r, now_ms);
+        let nonce = st.revocations.nonce;
+        store_of(cfg, &st.seal).failed(store, r, now_ms, nonce);
         st.tally.count(Metric::RevocationPollFailure);
     }
 }
@@ -569,6 +726,7 @@ pub fn on_answer(
         return Vec::new();
     };
     let now = now_ms / 1000;
+    let nonce = st.revocations.nonce;
     let mut log = Vec::new();
     let outcome = match st.revocations.polling.take() {
         None => return log,
@@ -578,26 +736,25 @@ pub fn on_answer(
                     flow::jwks_store(cfg, &st.seal).save(store, now, &body);
                     st.keys = Some((now, Rc::new(keys)));
                     st.key_set_failed_at = None;
+                    st.revocations.refetched_for_key = st.revocations.refetch_keys;
                     st.revocations.refetch_keys = false;
                     // The poll the key set was fetched for goes out on the next tick.
-                    store_of(cfg, &st.seal).release(store);
+                    store_of(cfg, &st.seal).release(store, nonce);
                     return log;
                 }
                 Err(why) => Err(why),
             },
-            _ => Err("the key set could not be fetched"),
+            _ => {
+                st.key_set_failed_at = Some(now);
+                Err("the key set could not be fetched")
+            }
         },
         Some(PollCall::Feed) => on_feed(cfg, r, st, store, answer, now_ms, &mut log),
     };
     if let Err(why) = outcome {
-        if st.revocations.polling.is_none() {
-            store_of(cfg, &st.seal).failed(store, r, now_ms);
-        }
+        store_of(cfg, &st.seal).failed(store, r, now_ms, nonce);
         st.tally.count(Metric::RevocationPollFailure);
         log.push(format!("revocation feed poll failed: {why}"));
-        if matches!(why, "the key set could not be fetched") {
-            st.key_set_failed_at = Some(now);
-        }
     }
     log
 }
@@ -612,6 +769,7 @@ fn on_feed(
     log: &mut Vec<String>,
 ) -> Result<(), &'static str> {
     let now = now_ms / 1000;
+    let nonce = st.revocations.nonce;
     let body = match (answer.status, answer.body) {
         (Some(200), Some(body)) => body,
         (Some(200), None) => return Err("the feed answer is too large"),
@@ -621,22 +779,38 @@ fn on_feed(
     let (sets, next) = parse_feed(&body)?;
     let Some((fetched_at, keys)) = flow::key_set(cfg, st, store, &r.rules, now) else {
         st.revocations.refetch_keys = true;
-        store_of(cfg, &st.seal).release(store);
+        store_of(cfg, &st.seal).release(store, nonce);
         return Ok(());
     };
-    let may_refetch = jwks::may_refetch(fetched_at, now, r.rules.jwks.min_refetch_interval_seconds);
-    let verified = verify_sets(&sets, &keys, r, now, may_refetch);
+    let refetch = if std::mem::take(&mut st.revocations.refetched_for_key) {
+        Refetch::JustDone
+    } else if jwks::may_refetch(fetched_at, now, r.rules.jwks.min_refetch_interval_seconds) {
+        Refetch::Allowed
+    } else {
+        Refetch::NotYet
+    };
+    let verified = verify_sets(&sets, &keys, r, now, refetch);
     if verified.unknown_key {
         st.revocations.refetch_keys = true;
-        store_of(cfg, &st.seal).release(store);
+        store_of(cfg, &st.seal).release(store, nonce);
         return Ok(());
+    }
+    if let Some(why) = verified.retry {
+        return Err(why);
     }
     for why in &verified.rejected {
         log.push(format!("revocation event refused: {why}"));
     }
     st.tally
         .add(Metric::RevocationRejected, verified.rejected.len() as u64);
-    let recorded = store_of(cfg, &st.seal).record(store, r, verified.events, next, now_ms);
+    let page = Page {
+        events: verified.events,
+        next,
+        more: sets.len() >= PAGE,
+    };
+    let recorded = store_of(cfg, &st.seal)
+        .record(store, r, page, now_ms, nonce)
+        .ok_or("the poll was taken over, or its record lost a race")?;
     st.tally.add(Metric::RevocationApplied, recorded as u64);
     // This worker applies them at once; the others on their next tick.
     apply_recorded(cfg, r, st, store, now_ms);

@@ -433,10 +433,20 @@ function serveEvents(req, res, url) {
     res.end('{"error":"invalid_request","error_description":"after is <boot>.<seq>, as next was"}');
     return;
   }
+  const raw = url.searchParams.get('limit');
+  const limit = raw === null ? Infinity : /^[0-9]{1,4}$/.test(raw) ? Number(raw) : 0;
+  if (!(limit >= 1 && (limit === Infinity || limit <= 1000))) {
+    res.writeHead(400, { 'content-type': 'application/json' });
+    res.end('{"error":"invalid_request","error_description":"limit is 1 to 1000"}');
+    return;
+  }
   const after = cursor[1] === BOOT ? Number(cursor[2]) : 0;
-  const events = revocationEvents.filter((e) => e.seq > after).map((e) => e.set);
+  // A page of at most `limit` events; `next` is the last one's (the gateway asks again at once
+  // after a full page).
+  const page = revocationEvents.filter((e) => e.seq > after).slice(0, limit);
+  const next = page.length === limit ? page[page.length - 1].seq : lastSeq;
   res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
-  res.end(JSON.stringify({ events, next: `${BOOT}.${lastSeq}` }));
+  res.end(JSON.stringify({ events: page.map((e) => e.set), next: `${BOOT}.${next}` }));
 }
 
 // Mount: /oauth/v2/* goes to the provider with the prefix stripped; discovery documents under the

@@ -233,6 +233,14 @@ check "the event names the token by its hash" eq "$(json '.events["https://certb
 check "the event is for the gateway" eq "$(json .aud <<<"$payload")" certbound-gateway
 events example.gateway "$NEXT" >/dev/null
 check "nothing after the cursor" eq "$(json '.events.length' <"$STATE/out")" 0
+paged() { # limit -> body in $STATE/out, echoes HTTP status
+  "${CURL[@]}" -o "$STATE/out" -w '%{http_code}' --cert "$CERTS_DIR/example.gateway.pem" \
+    --key "$CERTS_DIR/example.gateway.key" -G --data-urlencode "limit=$1" "$EVENTS_URL"
+}
+check "a page of one event: HTTP 200" eq "$(paged 1)" 200
+check "a page holds at most limit events, its next the last one's" eq "$(json '.events.length' <"$STATE/out") $(json .next <"$STATE/out")" "1 $NEXT"
+check "a limit of 0: HTTP 400" eq "$(paged 0)" 400
+check "a limit that is no number: HTTP 400" eq "$(paged x)" 400
 
 # 12. Offboarding a partner: all its tokens are destroyed, one event; other partners unaffected.
 token_request example.client2 partner-client-2 transactions >/dev/null

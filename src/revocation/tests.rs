@@ -61,7 +61,7 @@ fn start(p: &mut Proxy, sets: &[String]) {
     p.tick();
     let call = last_root_call(p);
     assert_eq!(call.kind, CallKind::RevocationFeed);
-    assert_eq!(call.headers[1], (":path", "/events".to_string()));
+    assert_eq!(call.headers[1], (":path", "/events?limit=50".to_string()));
     p.answer_root(200, &feed(sets, "b.1"));
 }
 
@@ -115,7 +115,10 @@ fn a_revoked_token_is_refused_from_the_next_tick_and_another_is_not() {
     assert_eq!(introspections(&p), 3, "hits, once the feed answered");
 
     let path = poll(&mut p, &[set(revoked("tok-1"))], "b.2");
-    assert_eq!(path, "/events?after=b.1", "the cursor of the last answer");
+    assert_eq!(
+        path, "/events?after=b.1&limit=50",
+        "the cursor of the last answer"
+    );
     let r = p.get(PATH, "tok-1", Some(MINE));
     assert_eq!(p.status(r), 401, "refused at once, without a call");
     assert_eq!(status(&mut p, "tok-2", &active), 200);
@@ -241,8 +244,18 @@ fn forged_unsigned_and_unknown_events_are_ignored() {
                     CLIENT_OFFBOARDED: {"client_id": "partner-client", "issued_before": NOW + 1, "retain_until": NOW + 300} }),
         ),
     ];
-    // The unknown kid first makes the key set be fetched again (it may have rotated)...
+    // Within the key set's refetch interval an unknown kid is not refused: the poll is made
+    // again later, the cursor stays.
+    p.advance_ms(500);
+    p.answer_root(200, &feed(&sets, "b.2"));
+    assert_eq!(p.counter("revocation_poll_failures"), 1);
+    assert_eq!(p.counter("revocation_events_rejected"), 0);
+    // Past it, the unknown kid makes the key set be fetched again (it may have rotated)...
     p.advance(31);
+    assert_eq!(
+        last_root_call(&p).headers[1].1,
+        "/events?after=b.1&limit=50"
+    );
     p.answer_root(200, &feed(&sets, "b.2"));
     p.tick();
     assert_eq!(last_root_call(&p).kind, CallKind::KeySet);
@@ -250,7 +263,10 @@ fn forged_unsigned_and_unknown_events_are_ignored() {
     // ... then the poll is made again, and the events are refused.
     p.tick();
     assert_eq!(last_root_call(&p).kind, CallKind::RevocationFeed);
-    assert_eq!(last_root_call(&p).headers[1].1, "/events?after=b.1");
+    assert_eq!(
+        last_root_call(&p).headers[1].1,
+        "/events?after=b.1&limit=50"
+    );
     p.answer_root(200, &feed(&sets, "b.2"));
     assert_eq!(p.counter("revocation_events_rejected"), sets.len() as u64);
     assert_eq!(p.counter("revocations_applied"), 0);
@@ -339,9 +355,10 @@ fn a_full_log_forgets_its_oldest_events_and_distrusts_what_was_cached_before() {
         namespace: "certbound",
         seal: &seal,
     };
-    assert_eq!(shared.log(&p.host).map(|l| l.0.len()), Some(1));
-    let (feed, _) = shared.feed(&p.host).unwrap();
+    let feed = shared.feed(&p.host).0.unwrap();
     assert_eq!((feed.seq, feed.revoked_before), (2, NOW));
+    let log = shared.log(&p.host, feed.epoch).unwrap().0;
+    assert_eq!(log.events.len(), 1);
     // Checked before the overflow: not refused, introspected again.
     let r = p.get(PATH, "cached", Some(MINE));
     assert_eq!(p.fate(r), Fate::Paused);
@@ -390,4 +407,81 @@ fn events_and_feed_answers_are_read_strictly() {
     // The hash the identity server names tokens by: base64url(SHA-256(token))[..32].
     let full = URL_SAFE_NO_PAD.encode(Sha256::digest(b"tok"));
     assert_eq!(URL_SAFE_NO_PAD.encode(token_hash("tok")), full[..32]);
+}
+
+#[test]
+fn a_state_that_starts_over_is_applied_whole_by_every_worker() {
+    let mut p = Proxy::new(&config(), NOW);
+    let mut q = p.beside();
+    let active = members("partner-client", NOW - 5);
+    start(&mut p, &[set(revoked("e1")), set(revoked("e2"))]);
+    for token in ["e3", "e4"] {
+        assert_eq!(status(&mut p, token, &active), 200);
+    }
+    // The feed's state is replaced by a value this configuration did not seal: nothing is
+    // trusted, and the next poll (q's) starts over from the feed's beginning, in a new epoch,
+    // where the identity server has pruned e1 and e2: e3 and e4 are numbered 1 and 2, as e1 and
+    // e2 were in p's epoch. p must still apply them.
+    let key = "certbound/revocation/feed".to_string();
+    p.host
+        .0
+        .borrow_mut()
+        .shared
+        .insert(key, (b"forged".to_vec(), 99));
+    q.tick();
+    p.tick();
+    let r = p.get(PATH, "e3", Some(MINE));
+    assert_eq!(
+        p.fate(r),
+        Fate::Paused,
+        "an unreadable feed state: not trusted"
+    );
+    p.answer(r, 200, &[], &active);
+    let call = last_root_call(&q);
+    assert_eq!(call.headers[1].1, "/events?limit=50", "from the beginning");
+    q.answer_root(200, &feed(&[set(revoked("e3")), set(revoked("e4"))], "c.2"));
+    p.tick();
+    for token in ["e3", "e4"] {
+        let r = p.get(PATH, token, Some(MINE));
+        assert_eq!(p.status(r), 401, "{token}");
+    }
+}
+
+#[test]
+fn a_full_page_is_followed_at_once_and_a_clock_that_went_back_is_not_trusted() {
+    let mut p = Proxy::new(&config(), NOW);
+    let active = members("partner-client", NOW - 5);
+    start(&mut p, &[]);
+    let page: Vec<String> = (0..PAGE).map(|i| set(revoked(&format!("t{i}")))).collect();
+    poll(&mut p, &page, "b.51");
+    p.tick();
+    let call = last_root_call(&p);
+    assert_eq!(
+        call.headers[1].1, "/events?after=b.51&limit=50",
+        "the next page at once"
+    );
+    p.answer_root(200, &feed(&[], "b.51"));
+    assert_eq!(p.counter("revocations_applied"), PAGE as u64);
+    assert_eq!(status(&mut p, "tok", &active), 200);
+    assert_eq!(status(&mut p, "tok", &active), 200);
+    assert_eq!(introspections(&p), 1);
+    // The clock goes back an hour: the feed's last answer is in the future, so the cache is
+    // not trusted; the lease (an hour ahead now) counts as expired and the poll goes out.
+    p.host.0.borrow_mut().now -= 3600;
+    let before = p.root_calls().len();
+    p.tick();
+    assert_eq!(
+        p.root_calls().len(),
+        before + 1,
+        "polled despite the due time ahead"
+    );
+    assert_eq!(status(&mut p, "tok", &active), 200);
+    assert_eq!(
+        introspections(&p),
+        2,
+        "not trusted until the feed answers again"
+    );
+    p.answer_root(200, &feed(&[], "b.51"));
+    assert_eq!(status(&mut p, "tok", &active), 200);
+    assert_eq!(introspections(&p), 2);
 }

@@ -398,13 +398,23 @@ fn feed(state: &State, req: &Request) -> Reply {
     if state.feed_down.load(Ordering::SeqCst) {
         return Reply::new(500, "text/plain", "down");
     }
-    let after = req
-        .path
-        .split_once("?after=n.")
-        .and_then(|(_, n)| n.parse::<usize>().ok())
+    let query = req.path.split_once('?').map_or("", |(_, q)| q);
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    let after = param("after")
+        .and_then(|c| c.strip_prefix("n.")?.parse::<usize>().ok())
         .unwrap_or(0);
+    let limit = param("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(usize::MAX);
     let sets = state.feed.lock().unwrap().clone();
-    let body = json!({"events": sets.get(after..).unwrap_or_default(), "next": format!("n.{}", sets.len())});
+    let page: Vec<String> = sets.iter().skip(after).take(limit).cloned().collect();
+    let next = format!("n.{}", after.min(sets.len()) + page.len());
+    let body = json!({"events": page, "next": next});
     Reply::new(200, "application/json", body.to_string())
 }
 

@@ -123,6 +123,12 @@ async fn handle(
             stub.jwks_fetches.fetch_add(1, Ordering::Relaxed);
             reply(200, "application/json", stub.jwks.clone())
         }
+        // The revocation feed, with no event: the hit is measured as the example ships it.
+        ("GET", "/events") => reply(
+            200,
+            "application/json",
+            Bytes::from_static(br#"{"events":[],"next":"n.0"}"#),
+        ),
         ("GET", "/stats") => reply(
             200,
             "application/json",
