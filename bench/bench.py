@@ -807,6 +807,12 @@ def write_callgrind(w, names, cg):
       f"{cg['per_connection']['passthrough'] / 1e6:.1f} M instructions in `passthrough`"
       + (f"; `certbound-miss` sends {n_miss} requests instead, each with a token never seen before"
          if n_miss else "")
+      + f". What Envoy does by the clock alone (its timers; certbound's 100 ms tick and its "
+      f"revocation polls, every 500 ms as the example ships them) is counted while idle for "
+      f"{CG_IDLE_SECONDS} s first and taken out of each count by its seconds: under callgrind a run "
+      f"lasts long enough for the clock's work to look like a cost per request"
+      + (f" (`certbound-hit`: {cg['idle_per_second']['certbound-hit'] / 1e6:.2f} M instructions per "
+         f"second idle)" if 'certbound-hit' in cg.get('idle_per_second', {}) else "")
       + f". The phase took {cg['seconds'] / 60:.1f} min (BENCH_CALLGRIND=0 skips it).")
     w("")
 
