@@ -183,6 +183,31 @@ fn main() {
         }
     }
 
+    // `revocation_feed`: 0 and a feed answer with signed SETs of both event types; 1 and an
+    // event's claims.
+    let events = [
+        json!({"https://certbound.example/secevent/token-revoked":
+            {"token_hash": "A".repeat(32), "client_id": "partner", "retain_until": NOW + 300}}),
+        json!({"https://certbound.example/secevent/client-offboarded":
+            {"client_id": "partner", "issued_before": NOW, "retain_until": NOW + 300}}),
+    ];
+    let set_header = json!({"alg": "ES256", "kid": "e1", "typ": "secevent+jwt"}).to_string();
+    let sets: Vec<String> = events
+        .iter()
+        .map(|e| {
+            let claims = json!({"iss": certbound_fuzz::ISSUER, "aud": "api.example.com",
+                                "iat": NOW - 5, "jti": "b.1", "events": e});
+            k.es256
+                .sign(set_header.as_bytes(), claims.to_string().as_bytes())
+        })
+        .collect();
+    let feed = json!({"events": sets, "next": "b.2"}).to_string();
+    seeds.push(("revocation_feed", [&[0u8][..], feed.as_bytes()].concat()));
+    for e in &events {
+        let claims = json!({"events": e}).to_string();
+        seeds.push(("revocation_feed", [&[1u8][..], claims.as_bytes()].concat()));
+    }
+
     // `config` reads `[0, 0, 0, 0]` as its raw variant, the rest as the configuration.
     for format in 0..3 {
         let raw = certbound_fuzz::config_json(format).to_string();
