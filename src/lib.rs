@@ -15,6 +15,7 @@ pub mod decision;
 pub mod deny;
 #[cfg(any(test, feature = "test-support"))]
 pub mod fake_host;
+pub mod feed;
 pub mod flow;
 pub mod headers;
 pub mod host;

@@ -1,14 +1,14 @@
 //! The root context: parses the configuration once, defines the counters, creates the HTTP
 //! contexts, and on its timer refreshes the worker's clock, follows the revocation feed
-//! (`crate::revocation`) and hands the metric tally to the host (so that a cache hit makes neither
+//! (`crate::feed`) and hands the metric tally to the host (so that a cache hit makes neither
 //! a clock nor a counter host call).
 
 use crate::config;
+use crate::feed;
 use crate::flow::CallAnswer;
 use crate::host::{Host, Level, ProxyHost};
 use crate::http::Http;
 use crate::metrics;
-use crate::revocation;
 use crate::worker::Worker;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
@@ -100,13 +100,13 @@ impl<H: Host + Clone> Root<H> {
         let Ok(mut st) = worker.state.try_borrow_mut() else {
             return;
         };
-        if let Some(call) = revocation::on_tick(&worker.config, &mut st, &self.host, now_ms) {
+        if let Some(call) = feed::on_tick(&worker.config, &mut st, &self.host, now_ms) {
             match self.host.dispatch(&call) {
                 Ok(_) => st.tally.count(call.kind.metric()),
                 Err(status) => {
                     let why = format!("revocation {:?} dispatch failed: {status}", call.kind);
                     self.host.log(Level::Warn, &why);
-                    revocation::on_dispatch_failed(&worker.config, &mut st, &self.host, now_ms);
+                    feed::on_dispatch_failed(&worker.config, &mut st, &self.host, now_ms);
                 }
             }
         }
@@ -135,11 +135,11 @@ impl<H: Host + Clone> Root<H> {
         let answer = if headers == 0 {
             CallAnswer::failed()
         } else {
-            let limit = revocation::answer_limit(&worker.config, &st);
+            let limit = feed::answer_limit(&worker.config, &st);
             self.host.call_answer(body_size, limit)
         };
         let now_ms = self.host.now_ms();
-        let lines = revocation::on_answer(&worker.config, &mut st, &self.host, answer, now_ms);
+        let lines = feed::on_answer(&worker.config, &mut st, &self.host, answer, now_ms);
         for line in lines {
             self.host.log(Level::Warn, &line);
         }

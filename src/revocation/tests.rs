@@ -5,6 +5,8 @@ use super::*;
 use crate::binding::Thumbprint;
 use crate::config::minimal_config;
 use crate::fake_host::{Fate, Proxy};
+use crate::feed::PAGE;
+use crate::flow::{Call, CallKind};
 use certbound_jose::testing::{jwks_json, other_ps256, ps256, sign, sign_with, ISSUER, NOW};
 use serde_json::{json, Value};
 
