@@ -24,15 +24,19 @@ pub enum HeaderKind {
 impl HeaderKind {
     /// The kind of a header named `name` (lower case, as Envoy gives them), if it is one.
     #[inline]
+    /// The kind of header `name` is, in any letter case (NGINX keeps the client's).
     pub fn of(cfg: &ClientCertificates, name: &[u8]) -> Option<HeaderKind> {
-        match name {
-            b"x-forwarded-client-cert" => Some(HeaderKind::Xfcc),
-            b"client-cert" => Some(HeaderKind::ClientCert),
-            b"client-cert-chain" => Some(HeaderKind::ClientCertChain),
-            _ if cfg.pem_header.as_deref().map(str::as_bytes) == Some(name) => {
-                Some(HeaderKind::Pem)
-            }
-            _ => None,
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        if is("x-forwarded-client-cert") {
+            Some(HeaderKind::Xfcc)
+        } else if is("client-cert") {
+            Some(HeaderKind::ClientCert)
+        } else if is("client-cert-chain") {
+            Some(HeaderKind::ClientCertChain)
+        } else if cfg.pem_header.as_deref().is_some_and(is) {
+            Some(HeaderKind::Pem)
+        } else {
+            None
         }
     }
 

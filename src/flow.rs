@@ -188,6 +188,11 @@ pub fn on_request(
             me.strip.push(kind.name(cc).to_string());
         }
     }
+    for (kind, spelling) in read.respelled {
+        if !kind.forwarded(cc, &presented) {
+            me.strip.push(spelling);
+        }
+    }
     match (&me.thumbprint, &policy.certificate_rules) {
         (None, _) if policy.certificate_required => {
             let reason = DenyReason::NoClientCertificate;
@@ -427,8 +432,11 @@ struct ReadHeaders<'a> {
     method: Cow<'a, str>,
     /// Every `Authorization` value, in order.
     authorization: Vec<Cow<'a, str>>,
-    /// The certificate headers under their exact names (`HeaderKind`), in order.
+    /// The certificate headers under their names in any letter case (`HeaderKind`), in order.
     certificates: Vec<(HeaderKind, Cow<'a, str>)>,
+    /// Those of them spelled other than in lower case (NGINX keeps the client's case), so that
+    /// removing one removes the spelling it came in.
+    respelled: Vec<(HeaderKind, String)>,
     /// The spoofable headers it carries (`is_spoofable`), to remove if it is allowed.
     strip: Vec<String>,
 }
@@ -439,23 +447,34 @@ fn read_headers<'a>(cfg: &Config, headers: &'a Headers) -> ReadHeaders<'a> {
         method: Cow::Borrowed(""),
         authorization: Vec::new(),
         certificates: Vec::new(),
+        respelled: Vec::new(),
         strip: Vec::new(),
     };
+    // Names in any letter case: Envoy hands them over in lower case, NGINX as the client sent
+    // them (`Authorization`).
     for (name, value) in headers.pairs() {
-        match name {
-            b":path" if read.path.is_empty() => read.path = String::from_utf8_lossy(value),
-            b":method" if read.method.is_empty() => read.method = String::from_utf8_lossy(value),
+        if name.eq_ignore_ascii_case(b":path") {
+            if read.path.is_empty() {
+                read.path = String::from_utf8_lossy(value);
+            }
+        } else if name.eq_ignore_ascii_case(b":method") {
+            if read.method.is_empty() {
+                read.method = String::from_utf8_lossy(value);
+            }
+        } else if name.eq_ignore_ascii_case(b"authorization") {
             // A value that is not UTF-8 comes with U+FFFD, which no token grammar accepts.
-            b"authorization" => read.authorization.push(String::from_utf8_lossy(value)),
-            _ => {
-                if let Some(kind) = HeaderKind::of(&cfg.client_certificate, name) {
-                    read.certificates
-                        .push((kind, String::from_utf8_lossy(value)));
-                } else if is_spoofable(cfg, name) {
-                    if let Ok(name) = std::str::from_utf8(name) {
-                        read.strip.push(name.to_string());
-                    }
+            read.authorization.push(String::from_utf8_lossy(value));
+        } else if let Some(kind) = HeaderKind::of(&cfg.client_certificate, name) {
+            read.certificates
+                .push((kind, String::from_utf8_lossy(value)));
+            if name.iter().any(u8::is_ascii_uppercase) {
+                if let Ok(spelling) = std::str::from_utf8(name) {
+                    read.respelled.push((kind, spelling.to_string()));
                 }
+            }
+        } else if is_spoofable(cfg, name) {
+            if let Ok(name) = std::str::from_utf8(name) {
+                read.strip.push(name.to_string());
             }
         }
     }
@@ -486,6 +505,8 @@ fn is_spoofable(cfg: &Config, name: &[u8]) -> bool {
             })
     };
     let claims = || cfg.claim_headers.iter().map(|(_, h)| h.as_str());
+    // (A certificate header in another letter case is that header: `HeaderKind::of`. A claim
+    // header in another case is another spelling, removed: certbound writes it in lower case.)
     CERTIFICATE_HEADERS.iter().any(|c| spells(c))
         || cfg
             .client_certificate

@@ -3,7 +3,8 @@
 use std::borrow::Cow;
 
 /// Header pairs in the host's serialization: a count, then (name length, value length) for each
-/// pair as little-endian u32, then each name and value followed by a NUL byte. Names are lower case.
+/// pair as little-endian u32, then each name and value followed by a NUL byte. Names are lower
+/// case in Envoy, as the client sent them in NGINX.
 pub struct Headers(Vec<u8>);
 
 impl Headers {
@@ -53,12 +54,13 @@ impl Headers {
         })
     }
 
-    /// Every value of header `name` (lower case). A value that is not UTF-8 comes with U+FFFD in
-    /// place of the bad bytes, which no token grammar accepts.
+    /// Every value of header `name`, in any letter case (Envoy hands names over in lower case,
+    /// NGINX as the client sent them). A value that is not UTF-8 comes with U+FFFD in place of
+    /// the bad bytes, which no token grammar accepts.
     #[inline]
     pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = Cow<'a, str>> {
         self.pairs()
-            .filter(move |(k, _)| *k == name.as_bytes())
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| String::from_utf8_lossy(v))
     }
 

@@ -1420,3 +1420,53 @@ fn stale_if_error_serves_a_recently_expired_entry_within_its_bound_only() {
     assert_eq!(p.status(r), 503);
     assert_eq!(p.counter("stale_answers"), 0);
 }
+
+/// NGINX hands header names over as the client sent them: every name certbound reads or removes
+/// is found in any letter case.
+#[test]
+fn header_names_are_read_in_any_letter_case() {
+    let mut p = Proxy::new(&config("json"), NOW);
+    let r = p.request(
+        &[
+            (":method", "GET"),
+            (":path", PATH),
+            ("Authorization", "Bearer tok"),
+            ("X-Client-Id", "someone-else"),
+            ("Client-Cert", ":AAAA:"),
+            ("X-Forwarded-Client-Cert", "Hash=00"),
+        ],
+        Some(MINE),
+    );
+    assert_eq!(p.fate(r), Fate::Paused, "the token was found");
+    p.answer(r, 200, &[], &active_json(MINE));
+    let Fate::Forwarded(headers) = p.fate(r) else {
+        panic!("not forwarded: {:?}", p.fate(r));
+    };
+    let names: Vec<String> = headers
+        .iter()
+        .map(|(k, _)| k.to_ascii_lowercase())
+        .collect();
+    for gone in ["client-cert", "x-forwarded-client-cert"] {
+        assert!(!names.contains(&gone.to_string()), "{gone} in {headers:?}");
+    }
+    let client_ids: Vec<&(String, String)> = headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("x-client-id"))
+        .collect();
+    assert_eq!(
+        client_ids,
+        [&("x-client-id".to_string(), "partner-client".to_string())],
+        "only the claim header certbound set"
+    );
+    // Two spellings of Authorization are two Authorization headers.
+    let r = p.request(
+        &[
+            (":method", "GET"),
+            (":path", PATH),
+            ("Authorization", "Bearer tok"),
+            ("authorization", "Bearer tok"),
+        ],
+        Some(MINE),
+    );
+    assert_eq!(p.status(r), 400);
+}
