@@ -613,20 +613,10 @@ impl Revocations {
         }
         self.lag_ms = (feed.ok_at_ms > 0).then(|| now_ms.saturating_sub(feed.ok_at_ms));
         // An answer from the future is a clock that went back: not trusted.
-        let fresh = feed.ok_at_ms > 0
-            && feed.ok_at_ms <= now_ms.saturating_add(1000)
-            && now_ms.saturating_sub(feed.ok_at_ms) <= r.max_staleness_ms;
+        let fresh = feed.ok_at_ms <= now_ms.saturating_add(1000)
+            && self.lag_ms.is_some_and(|lag| lag <= r.max_staleness_ms);
         self.trusted = consistent && fresh;
         synced
-    }
-
-    /// Events this worker holds (tests, logs).
-    pub fn len(&self) -> usize {
-        self.tokens.len() + self.clients.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
