@@ -50,6 +50,14 @@ fn feed(sets: &[String], next: &str) -> Vec<u8> {
         .into_bytes()
 }
 
+/// A worker whose feed has answered (empty), and the identity server's answer for an active
+/// token of partner-client.
+fn started() -> (Proxy, Vec<u8>) {
+    let mut p = Proxy::new(&config(), NOW);
+    start(&mut p, &[]);
+    (p, members("partner-client", NOW - 5))
+}
+
 /// The root context's last call.
 fn last_root_call(p: &Proxy) -> Call {
     p.root_calls().pop().expect("the root context sent a call")
@@ -203,9 +211,7 @@ fn an_offboarded_client_loses_the_tokens_issued_before_the_event() {
 
 #[test]
 fn forged_unsigned_and_unknown_events_are_ignored() {
-    let mut p = Proxy::new(&config(), NOW);
-    let active = members("partner-client", NOW - 5);
-    start(&mut p, &[]);
+    let (mut p, active) = started();
     assert_eq!(status(&mut p, "tok", &active), 200);
     let claims = json!({"events": revoked("tok"), "iss": ISSUER, "aud": "api.example.com"});
     let unsigned = format!(
@@ -213,9 +219,9 @@ fn forged_unsigned_and_unknown_events_are_ignored() {
         URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"secevent+jwt"}"#),
         URL_SAFE_NO_PAD.encode(claims.to_string())
     );
-    let mut wrong_aud = sign(json!({"events": revoked("tok")}), 0, Some("secevent+jwt"));
-    // The same SET with its payload swapped for one naming another audience: a bad signature.
-    let parts: Vec<&str> = wrong_aud.split('.').collect();
+    // A signed SET with its payload swapped for one naming another audience: a bad signature.
+    let signed = set(revoked("tok"));
+    let parts: Vec<&str> = signed.split('.').collect();
     let mut other_claims = claims.clone();
     other_claims["aud"] = json!("someone-else");
     let tampered = format!(
@@ -224,7 +230,6 @@ fn forged_unsigned_and_unknown_events_are_ignored() {
         URL_SAFE_NO_PAD.encode(other_claims.to_string()),
         parts[2]
     );
-    wrong_aud = tampered;
     let sets = [
         // Signed by a key the identity server's key set does not have (kid k2): after a refetch
         // that still lacks it, refused.
@@ -235,7 +240,7 @@ fn forged_unsigned_and_unknown_events_are_ignored() {
             Some("secevent+jwt"),
         ),
         unsigned,
-        wrong_aud,
+        tampered,
         // Signed, but typed as an access token, not a SET.
         sign(json!({"events": revoked("tok")}), 0, Some("at+jwt")),
         // Signed, an unknown event type.
@@ -288,9 +293,7 @@ fn forged_unsigned_and_unknown_events_are_ignored() {
 
 #[test]
 fn without_the_feed_for_the_staleness_bound_cached_entries_are_introspected_again() {
-    let mut p = Proxy::new(&config(), NOW);
-    let active = members("partner-client", NOW - 5);
-    start(&mut p, &[]);
+    let (mut p, active) = started();
     assert_eq!(status(&mut p, "tok", &active), 200);
     assert_eq!(status(&mut p, "tok", &active), 200);
     assert_eq!(introspections(&p), 1);
@@ -451,9 +454,7 @@ fn a_state_that_starts_over_is_applied_whole_by_every_worker() {
 
 #[test]
 fn a_full_page_is_followed_at_once_and_a_clock_that_went_back_is_not_trusted() {
-    let mut p = Proxy::new(&config(), NOW);
-    let active = members("partner-client", NOW - 5);
-    start(&mut p, &[]);
+    let (mut p, active) = started();
     let page: Vec<String> = (0..PAGE).map(|i| set(revoked(&format!("t{i}")))).collect();
     poll(&mut p, &page, "b.51");
     p.tick();
