@@ -47,7 +47,7 @@ NODE_HINT    := Install Node.js 20 or later with npm (Debian: apt-get install no
 CURL_HINT    := Install curl (Debian: apt-get install curl).
 COMPOSE_HINT := Install docker-compose (Debian: apt-get install docker-compose).
 
-.PHONY: setup-terminators check-build unit envoy-config envoy-compose help setup setup-rust-target setup-rust-components setup-compose setup-wasm-opt certs build api idsvr-deps \
+.PHONY: nginx-wasm setup-terminators check-build unit envoy-config envoy-compose help setup setup-rust-target setup-rust-components setup-compose setup-wasm-opt certs build api idsvr-deps \
         validate compose-check test lint clean demo up down logs ports-free
 
 help: ## list the targets
@@ -92,18 +92,22 @@ certs: ## make the example CA, server and client certificates in certs/out (idem
 # binaryen's last output is kept next to the module, and a module that still has it is left alone
 # (running binaryen over its own output changes it), so `make build` twice gives the same bytes.
 # 1. wasm-metadce keeps only the exports in WASM_EXPORTS and drops the code only the others reach.
-#    The proxy-wasm SDK exports every callback of the ABI; Envoy calls each exported one on every
-#    request (response headers, response body, log: each a crossing into V8) and skips the ones a
-#    module does not export. certbound implements these and no others: implementing another SDK
-#    callback (say on_http_response_headers) means adding its export here, or it is never called
-#    (tests/module.rs checks that the two agree).
-#    Measured with callgrind: 5.3 k fewer Envoy instructions per cache hit, and 20 KB smaller.
+#    The proxy-wasm SDK exports every callback of the ABI. certbound implements the ones on the
+#    first four lines (tests/module.rs checks that they agree with src/root.rs and src/http.rs:
+#    implementing another SDK callback means adding its export here, or it is never called).
+#    The last line is kept for NGINX: ngx_wasm_module calls proxy_on_request_body (implemented),
+#    proxy_on_response_headers, proxy_on_response_body and proxy_on_log without checking that the
+#    module exports them, and its worker crashes on a module without them. Envoy skips callbacks a
+#    module does not export, so for Envoy they are a cost: one crossing into V8 each per request,
+#    5.3 k instructions per cache hit (callgrind, docs/performance.md). One module for both hosts is
+#    worth that; a second, Envoy-only build would be a second thing to ship, sign and test.
 # 2. wasm-opt -Oz shrinks it (about -16 %) without slowing the cache-hit path (callgrind: the same
 #    instructions per request).
 WASM_EXPORTS   := memory _initialize proxy_abi_version_0_2_1 proxy_on_memory_allocate \
                   proxy_on_vm_start proxy_on_configure proxy_on_tick proxy_on_context_create \
                   proxy_on_request_headers proxy_on_request_body proxy_on_request_trailers \
-                  proxy_on_http_call_response proxy_on_done proxy_on_delete
+                  proxy_on_http_call_response proxy_on_done proxy_on_delete \
+                  proxy_on_response_headers proxy_on_response_body proxy_on_log
 WASM_FEATURES  := --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
                   --enable-mutable-globals
 WASM_OPT_HINT  := Install binaryen (Debian: apt-get install binaryen).
@@ -113,6 +117,8 @@ setup-wasm-opt:
 
 build: setup-rust-target setup-wasm-opt ## build the filter (target/wasm32-wasip1/release/certbound.wasm, trimmed and optimized by binaryen) and print its size
 	@$(call require,cargo,$(RUST_HINT))
+	@# A module trimmed to another export list cannot be trimmed again: cargo must write it anew.
+	@if [[ -f $(WASM).exports ]] && [[ "$$(cat $(WASM).exports)" != "$(WASM_EXPORTS)" ]]; then touch src/lib.rs; fi
 	cargo build --release --target $(WASM_TARGET)
 	@if [[ -f $(WASM).sha256 ]] && sha256sum --status -c $(WASM).sha256; then \
 	  echo "build: $(WASM) is already trimmed and optimized"; \
@@ -124,6 +130,7 @@ build: setup-rust-target setup-wasm-opt ## build the filter (target/wasm32-wasip
 	  wasm-opt -Oz --converge $(WASM_FEATURES) $(WASM).dce -o $(WASM); \
 	  rm -f $(WASM).dce $(WASM).exports.json; \
 	  sha256sum $(WASM) > $(WASM).sha256; \
+	  echo "$(WASM_EXPORTS)" > $(WASM).exports; \
 	fi
 	@echo "build: $(WASM) is $$(stat -c %s $(WASM)) bytes"
 
@@ -182,11 +189,26 @@ compose-check: setup-compose ## validate docker-compose.yml with docker-compose 
 
 # The end-to-end tests (tests/e2e.rs) run the identity server with node, the API (debug build) and
 # Envoy through example/system.sh, on free ports.
-test: setup certs build check-build validate idsvr-deps envoy-config compose-check setup-dist check-wasmplugin setup-terminators ## unit, integration and end-to-end tests (real Envoy, the built wasm, the example certs, identity server and API)
+# NGINX with Kong's ngx_wasm_module (Wasmtime) for the NGINX tests and demo: NGINX_WASM if set, else
+# the build in ../shared/tools/nginx-wasm unpacked into target/nginx-wasm (docs/nginx.md says how
+# to build one). ngx_wasm_module is in no package registry.
+NGINX_WASM_SHARED := $(CURDIR)/../shared/tools/nginx-wasm
+NGINX_WASM_BIN    := $(or $(NGINX_WASM),$(CURDIR)/target/nginx-wasm/nginx)
+
+nginx-wasm: ## find NGINX with ngx_wasm_module (NGINX_WASM, else unpack ../shared/tools/nginx-wasm) and print its path
+	@if [[ -n "$${NGINX_WASM:-}" ]]; then \
+	  [[ -x "$$NGINX_WASM" ]] || { echo "error: NGINX_WASM=$$NGINX_WASM is not an executable" >&2; exit 1; }; \
+	elif [[ ! -x $(CURDIR)/target/nginx-wasm/nginx ]]; then \
+	  [[ -x $(NGINX_WASM_SHARED)/unpack.sh ]] || { echo "error: no NGINX with ngx_wasm_module: set NGINX_WASM=/path/to/nginx (Kong's ngx_wasm_module built with Wasmtime, docs/nginx.md) or provide $(NGINX_WASM_SHARED)" >&2; exit 1; }; \
+	  $(NGINX_WASM_SHARED)/unpack.sh $(CURDIR)/target/nginx-wasm >/dev/null; \
+	fi
+	@echo "nginx-wasm: $(NGINX_WASM_BIN) ($$($(NGINX_WASM_BIN) -v 2>&1))"
+
+test: setup certs build check-build validate idsvr-deps envoy-config compose-check setup-dist check-wasmplugin setup-terminators nginx-wasm ## unit, integration and end-to-end tests (real Envoy, the built wasm, the example certs, identity server and API)
 	@$(call require,curl,$(CURL_HINT))
 	cargo build -p $(API_PKG)
 	ENVOY_BIN=$(ENVOY) CERTBOUND_WASM=$(CURDIR)/$(WASM) CERTS_DIR=$(CERTS_DIR) API_BIN=$(API_DEBUG) \
-	  ENVOY_CONFIG_BIN=$(ENVOY_CONFIG_BIN) cargo test --workspace --all-targets --no-fail-fast
+	  ENVOY_CONFIG_BIN=$(ENVOY_CONFIG_BIN) NGINX_WASM=$(NGINX_WASM_BIN) cargo test --workspace --all-targets --no-fail-fast
 	@$(MAKE) --no-print-directory fuzz-smoke
 	@$(MAKE) --no-print-directory compose-test
 	@$(MAKE) --no-print-directory demo-test

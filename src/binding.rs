@@ -25,6 +25,49 @@ pub fn client_thumbprint(property: impl Fn(&str) -> Option<Vec<u8>>) -> Option<T
         .and_then(Thumbprint::from_hex_digest)
 }
 
+/// NGINX (ngx_wasm_module), which has no digest property: the thumbprint of the PEM in
+/// `ngx.ssl_client_raw_cert`, only if NGINX verified the certificate (`ngx.ssl_client_verify` is
+/// `SUCCESS`; `ssl_verify_client optional_no_ca` would let an unverified one through).
+pub fn nginx_client_thumbprint(property: impl Fn(&str) -> Option<Vec<u8>>) -> Option<Thumbprint> {
+    if property("ssl_client_verify")?.as_slice() != b"SUCCESS" {
+        return None;
+    }
+    let pem = property("ssl_client_raw_cert")?;
+    Thumbprint::from_pem(std::str::from_utf8(&pem).ok()?)
+}
+
+/// How many connections' thumbprints a worker remembers (`ConnectionThumbprints`).
+pub const REMEMBERED_CONNECTIONS: usize = 64;
+
+/// The thumbprints of the last connections a worker saw, by the proxy's `connection.id`, so that a
+/// certificate the proxy hands over as PEM (NGINX) is decoded and hashed once per connection, not
+/// once per request. NGINX numbers connections with one counter per server and never reuses a
+/// number, so an id names one connection and one certificate. A short list searched from the
+/// newest: keep-alive requests come on the connections seen last.
+#[derive(Debug, Default)]
+pub struct ConnectionThumbprints {
+    seen: std::collections::VecDeque<(Vec<u8>, Option<Thumbprint>)>,
+}
+
+impl ConnectionThumbprints {
+    /// The thumbprint of connection `id`, from `read` the first time it is asked for.
+    pub fn get_or_read(
+        &mut self,
+        id: &[u8],
+        read: impl FnOnce() -> Option<Thumbprint>,
+    ) -> Option<Thumbprint> {
+        if let Some((_, t)) = self.seen.iter().rev().find(|(c, _)| c.as_slice() == id) {
+            return *t;
+        }
+        let t = read();
+        if self.seen.len() == REMEMBERED_CONNECTIONS {
+            self.seen.pop_front();
+        }
+        self.seen.push_back((id.to_vec(), t));
+        t
+    }
+}
+
 impl Thumbprint {
     /// From Envoy's `connection.sha256_peer_certificate_digest`: 64 lower-case hex digits.
     #[inline]

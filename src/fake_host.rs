@@ -12,7 +12,7 @@ use crate::cache::SharedStore;
 use crate::deny::Reply;
 use crate::flow::{Call, CallAnswer};
 use crate::headers::Headers;
-use crate::host::{Host, Level};
+use crate::host::{Host, Level, Proxy as ProxyKind};
 use crate::http::Http;
 use crate::root::Root;
 use proxy_wasm::types::Action;
@@ -63,6 +63,11 @@ pub struct State {
     pub gauges: HashMap<String, u64>,
     pub tick_ms: Option<u64>,
     pub logs: Vec<(Level, String)>,
+    /// Acts as ngx_wasm_module does where it differs from Envoy: `set_effective_context` is
+    /// ignored (and answers Ok).
+    pub nginx: bool,
+    /// Every property path read, joined with dots.
+    pub property_reads: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -133,6 +138,7 @@ impl Host for FakeHost {
     }
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.0.borrow_mut().property_reads.push(path.join("."));
         // `connection.<name>` by its name, others (`source.address`) by their whole path.
         let key = match path {
             ["connection", name] => name.to_string(),
@@ -162,11 +168,22 @@ impl Host for FakeHost {
 
     fn set_effective_context(&self, context_id: u32) -> bool {
         let mut s = self.0.borrow_mut();
+        if s.nginx {
+            return true;
+        }
         let alive = s.streams.get(&context_id).is_some_and(|st| !st.gone);
         if alive {
             s.current = context_id;
         }
         alive
+    }
+
+    fn proxy(&self) -> ProxyKind {
+        if self.0.borrow().nginx {
+            ProxyKind::Nginx
+        } else {
+            ProxyKind::Envoy
+        }
     }
 
     fn dispatch(&self, call: &Call) -> Result<u32, String> {
@@ -259,11 +276,21 @@ impl Proxy {
     }
 
     pub fn try_new(configuration: &serde_json::Value, now: u64) -> Option<Proxy> {
+        Self::try_new_in(false, configuration, now)
+    }
+
+    /// A worker in NGINX (`nginx`: ngx_wasm_module's differences, `State::nginx`), else as `new`.
+    pub fn new_in(nginx: bool, configuration: &serde_json::Value, now: u64) -> Proxy {
+        Self::try_new_in(nginx, configuration, now).expect("the configuration is accepted")
+    }
+
+    fn try_new_in(nginx: bool, configuration: &serde_json::Value, now: u64) -> Option<Proxy> {
         let host = FakeHost::default();
         {
             let mut s = host.0.borrow_mut();
             s.configuration = configuration.to_string().into_bytes();
             s.now = now;
+            s.nginx = nginx;
         }
         let mut root = Root::new(host.clone());
         root.configure().then_some(Proxy {
@@ -277,9 +304,9 @@ impl Proxy {
     /// Another worker of the same proxy (same configuration, same clock now): its own VM state,
     /// this worker's shared data.
     pub fn beside(&self) -> Proxy {
-        let (configuration, now, ms) = {
+        let (configuration, now, ms, nginx) = {
             let s = self.host.0.borrow();
-            (s.configuration.clone(), s.now, s.ms)
+            (s.configuration.clone(), s.now, s.ms, s.nginx)
         };
         let host = FakeHost::default();
         {
@@ -288,6 +315,7 @@ impl Proxy {
             s.now = now;
             s.ms = ms;
             s.shared_with = Some(self.host.clone());
+            s.nginx = nginx;
         }
         let mut root = Root::new(host.clone());
         assert!(root.configure(), "the configuration is accepted");

@@ -63,12 +63,11 @@ fn feed_call(r: &Revocation, cursor: Option<&str>) -> Call {
     Call {
         kind: CallKind::RevocationFeed,
         cluster: r.feed.cluster.clone(),
-        headers: vec![
-            (":method", "GET".to_string()),
-            (":path", path),
-            (":authority", r.feed.authority.clone()),
-            ("accept", "application/json".to_string()),
-        ],
+        headers: {
+            let mut headers = r.feed.pseudo_headers("GET", path);
+            headers.push(("accept", "application/json".to_string()));
+            headers
+        },
         body: None,
         timeout_ms: r.timeout_ms,
     }

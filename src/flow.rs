@@ -9,7 +9,7 @@
 //! the facts and carry out what these functions return; shared data comes in as a `SharedStore`.
 
 use crate::binding::Thumbprint;
-use crate::cache::{Entry, JwksStore, Seal, SharedStore, TokenCache, TokenKey, TokenState};
+use crate::cache::{Entry, JwksStore, Seal, SharedStore, TokenCache, TokenState};
 use crate::certificate::{self, HeaderKind, Peer, Presented};
 use crate::config::{CertificateRules, Config, Jwks, JwtRules};
 use crate::decision;
@@ -23,7 +23,7 @@ use crate::path;
 use crate::revocation::{self, Standing};
 use crate::token;
 use crate::worker::{
-    Inflight, JwtCheck, KeySetFetch, Stage, State, Waiter, KEY_SET_BACKOFF_SECONDS,
+    CheckId, Inflight, JwtCheck, KeySetFetch, Stage, State, Waiter, KEY_SET_BACKOFF_SECONDS,
 };
 use std::borrow::Cow;
 use std::rc::Rc;
@@ -112,9 +112,9 @@ pub struct Denial {
 pub enum Start {
     Decided(Verdict),
     /// Send `Call` for this token from this request's context and pause it.
-    Dispatch(TokenKey, Call),
+    Dispatch(CheckId, Call),
     /// Pause it: another request's call for this token is out.
-    Wait(TokenKey),
+    Wait(CheckId),
 }
 
 /// What a call's answer (or its failure) leads to.
@@ -206,12 +206,13 @@ pub fn on_request(
         }
         _ => {}
     }
-    let key = st.key_deriver.key(token);
+    let token_key = st.key_deriver.key(token);
+    let key = st.check_id(token_key, facts.context_id);
     let now = facts.now;
     // Without a fresh revocation feed no cached entry decides (`revocation.max_staleness_seconds`).
     let entry = st.revocations.trusted.then(|| {
-        st.local.get(&key, now).or_else(|| {
-            let mut entry = token_cache(cfg, &st.seal).lookup(store, &key, now)?;
+        st.local.get(&token_key, now).or_else(|| {
+            let mut entry = token_cache(cfg, &st.seal).lookup(store, &token_key, now)?;
             // Another worker cached it; this worker may know of its revocation already.
             match st.revocations.standing(&entry) {
                 Standing::Good => {}
@@ -283,7 +284,7 @@ pub fn on_answer(
     cfg: &Config,
     st: &mut State,
     store: &dyn SharedStore,
-    key: TokenKey,
+    key: CheckId,
     caller: u32,
     answer: CallAnswer,
     now: u64,
@@ -313,7 +314,7 @@ pub fn on_dispatch_failed(
     cfg: &Config,
     st: &mut State,
     store: &dyn SharedStore,
-    key: TokenKey,
+    key: CheckId,
     now: u64,
 ) -> Vec<(u32, Verdict)> {
     let key_set = matches!(
@@ -344,7 +345,7 @@ pub fn on_gone(
     cfg: &Config,
     st: &mut State,
     store: &dyn SharedStore,
-    key: TokenKey,
+    key: CheckId,
     context_id: u32,
     now: u64,
 ) -> Vec<(u32, Verdict)> {
@@ -383,7 +384,7 @@ pub fn on_gone(
 }
 
 /// The largest answer body read for the call that is out for `key`.
-pub fn answer_limit(cfg: &Config, st: &State, key: &TokenKey) -> usize {
+pub fn answer_limit(cfg: &Config, st: &State, key: &CheckId) -> usize {
     match st.inflight.get(key).map(|i| &i.stage) {
         Some(Stage::KeySet(check)) => check.rules.jwks.max_body_bytes,
         _ => cfg.introspection.max_body_bytes,
@@ -554,7 +555,7 @@ fn on_introspection(
     cfg: &Config,
     st: &mut State,
     store: &dyn SharedStore,
-    key: TokenKey,
+    key: CheckId,
     answer: CallAnswer,
     now: u64,
 ) -> Next {
@@ -566,10 +567,10 @@ fn on_introspection(
     let outcome = match introspection::classify(&cfg.introspection.format, answer.status, &body) {
         Err(f) => Outcome::Failed(f),
         Ok(Answer::Inactive) => {
-            Outcome::Known(Rc::new(introspection::inactive_entry(key, now, cfg)))
+            Outcome::Known(Rc::new(introspection::inactive_entry(key.token, now, cfg)))
         }
         Ok(Answer::Members(m)) => {
-            match introspection::entry_from_members(&m, key, now, None, max_age, cfg) {
+            match introspection::entry_from_members(&m, key.token, now, None, max_age, cfg) {
                 Ok(entry) => Outcome::Known(Rc::new(entry)),
                 Err(f) => Outcome::Failed(f),
             }
@@ -594,7 +595,7 @@ fn on_key_set(
     cfg: &Config,
     st: &mut State,
     store: &dyn SharedStore,
-    key: TokenKey,
+    key: CheckId,
     check: JwtCheck,
     answer: CallAnswer,
     now: u64,
@@ -642,7 +643,7 @@ fn on_key_set(
 }
 
 /// The JWT check of `key` if it waits for another check's key set call.
-fn awaiting_check(st: &mut State, key: &TokenKey) -> Option<JwtCheck> {
+fn awaiting_check(st: &mut State, key: &CheckId) -> Option<JwtCheck> {
     let inflight = st.inflight.get_mut(key)?;
     match std::mem::replace(&mut inflight.stage, Stage::Introspection) {
         Stage::AwaitingKeySet(check) => Some(check),
@@ -653,13 +654,13 @@ fn awaiting_check(st: &mut State, key: &TokenKey) -> Option<JwtCheck> {
     }
 }
 
-/// The check of `key` needs the key set: wait for the worker's call if one is out, fail at once
-/// within the backoff after a failed call, else make the call.
+/// The check of `key` needs the key set: wait for the worker's call if one is out (single-flight
+/// only), fail at once within the backoff after a failed call, else make the call.
 fn need_key_set(
     cfg: &Config,
     st: &mut State,
     store: &dyn SharedStore,
-    key: TokenKey,
+    key: CheckId,
     check: JwtCheck,
     now: u64,
 ) -> Next {
@@ -669,6 +670,10 @@ fn need_key_set(
     if backing_off {
         let f = Failure::Unavailable("the key set call failed a moment ago; not retried yet");
         return Next::Decided(fail(cfg, st, store, now, key, f));
+    }
+    // A check that cannot be resumed from another's context makes its own key set call.
+    if !st.single_flight {
+        return fetch_key_set(st, key, check);
     }
     if let Some(fetch) = &mut st.key_set_fetch {
         fetch.waiting.push(key);
@@ -689,19 +694,18 @@ pub(crate) fn key_set_call(j: &Jwks) -> Call {
     Call {
         kind: CallKind::KeySet,
         cluster: j.endpoint.cluster.clone(),
-        headers: vec![
-            (":method", "GET".to_string()),
-            (":path", j.endpoint.path.clone()),
-            (":authority", j.endpoint.authority.clone()),
-            ("accept", "application/json".to_string()),
-        ],
+        headers: {
+            let mut headers = j.endpoint.pseudo_headers("GET", j.endpoint.path.clone());
+            headers.push(("accept", "application/json".to_string()));
+            headers
+        },
         body: None,
         timeout_ms: j.timeout_ms,
     }
 }
 
 /// Asks for the key set; the check of `key` goes on when it arrives.
-fn fetch_key_set(st: &mut State, key: TokenKey, check: JwtCheck) -> Next {
+fn fetch_key_set(st: &mut State, key: CheckId, check: JwtCheck) -> Next {
     let call = key_set_call(&check.rules.jwks);
     match st.inflight.get_mut(&key) {
         Some(inflight) => {
@@ -719,7 +723,7 @@ fn verify(
     cfg: &Config,
     st: &mut State,
     store: &dyn SharedStore,
-    key: TokenKey,
+    key: CheckId,
     check: JwtCheck,
     keys: &KeySet,
     fetched_at: Option<u64>,
@@ -741,19 +745,19 @@ fn verify(
         {
             return need_key_set(cfg, st, store, key, check, now);
         }
-        Err(e) if e.is_time() => Ok(introspection::inactive_entry(key, now, cfg)),
+        Err(e) if e.is_time() => Ok(introspection::inactive_entry(key.token, now, cfg)),
         Err(e) => Err(Failure::Bad(e.describe())),
         Ok(claims) => {
             match introspection::members_of_verified_jwt(&cfg.introspection.format, claims) {
                 Ok(Answer::Members(m)) => introspection::entry_from_members(
                     &m,
-                    key,
+                    key.token,
                     now,
                     Some(&check.jwt),
                     check.max_age,
                     cfg,
                 ),
-                Ok(_) => Ok(introspection::inactive_entry(key, now, cfg)),
+                Ok(_) => Ok(introspection::inactive_entry(key.token, now, cfg)),
                 Err(f) => Err(f),
             }
         }
@@ -770,7 +774,7 @@ fn verify_fresh(
     cfg: &Config,
     st: &mut State,
     store: &dyn SharedStore,
-    key: TokenKey,
+    key: CheckId,
     check: JwtCheck,
     keys: &KeySet,
     now: u64,
@@ -794,7 +798,7 @@ fn fail(
     st: &mut State,
     store: &dyn SharedStore,
     now: u64,
-    key: TokenKey,
+    key: CheckId,
     failure: Failure,
 ) -> Vec<(u32, Verdict)> {
     let Some(inflight) = st.inflight.remove(&key) else {
@@ -837,10 +841,10 @@ fn stale_entry(
     cfg: &Config,
     st: &State,
     store: &dyn SharedStore,
-    key: &TokenKey,
+    key: &CheckId,
     now: u64,
 ) -> Option<Rc<Entry>> {
-    let known = token_cache(cfg, &st.seal).stale_entries(store, key, now);
+    let known = token_cache(cfg, &st.seal).stale_entries(store, &key.token, now);
     if known
         .iter()
         .any(|e| matches!(e.state, TokenState::Inactive))
@@ -860,7 +864,7 @@ fn conclude(
     cfg: &Config,
     st: &mut State,
     store: &dyn SharedStore,
-    key: TokenKey,
+    key: CheckId,
     outcome: Outcome,
     now: u64,
 ) -> Vec<(u32, Verdict)> {

@@ -17,6 +17,27 @@ pub enum Level {
     Error,
 }
 
+/// The proxy the module runs in, told apart once per VM (`Host::proxy`): it decides where the
+/// connection's certificate comes from and whether requests can wait for one another's call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proxy {
+    /// Envoy: `connection.sha256_peer_certificate_digest`; one request's verdict can be carried
+    /// out from another's context (`proxy_set_effective_context`).
+    Envoy,
+    /// NGINX with Kong's ngx_wasm_module: the certificate's PEM (`ngx.ssl_client_raw_cert`), per
+    /// `connection.id`; `proxy_set_effective_context` is ignored, so no request waits for another.
+    Nginx,
+}
+
+impl Proxy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Proxy::Envoy => "envoy",
+            Proxy::Nginx => "nginx",
+        }
+    }
+}
+
 /// What certbound needs from the proxy. Shared data (`SharedStore`) is shared by every worker of
 /// one VM id; everything else acts on the current (effective) context.
 pub trait Host: SharedStore {
@@ -43,6 +64,8 @@ pub trait Host: SharedStore {
     /// Makes the following host calls act on another context (a request waiting on this one).
     /// False if that context no longer exists.
     fn set_effective_context(&self, context_id: u32) -> bool;
+    /// Which proxy this is. Asked once, at configure time.
+    fn proxy(&self) -> Proxy;
     /// Sends a call; its answer arrives in the calling context's `on_http_call_response`.
     fn dispatch(&self, call: &Call) -> Result<u32, String>;
     /// The answer of a dispatched call that came back with headers, read in
@@ -298,6 +321,18 @@ impl Host for ProxyHost {
     fn set_effective_context(&self, context_id: u32) -> bool {
         // SAFETY: no pointers.
         unsafe { abi::proxy_set_effective_context(context_id) == OK }
+    }
+
+    /// Asked the only way that is silent in both proxies and works in the root context (where
+    /// ngx_wasm_module refuses the properties that would tell, with an error in its log): making a
+    /// context that does not exist the effective one. Envoy refuses (`BadArgument`); ngx_wasm_module
+    /// ignores the call and answers `Ok`. It is the very capability that sets the two apart here.
+    fn proxy(&self) -> Proxy {
+        // SAFETY: no pointers.
+        match unsafe { abi::proxy_set_effective_context(u32::MAX) } {
+            OK => Proxy::Nginx,
+            _ => Proxy::Envoy,
+        }
     }
 
     fn dispatch(&self, call: &Call) -> Result<u32, String> {

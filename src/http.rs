@@ -3,13 +3,12 @@
 //! `Http<FakeHost>` the same way.
 
 use crate::binding;
-use crate::cache::TokenKey;
 use crate::certificate::Peer;
 use crate::deny::{self, DenyReason};
 use crate::flow::{self, CallAnswer, Next, RequestFacts, Start, Verdict};
-use crate::host::{Host, Level, ProxyHost};
+use crate::host::{Host, Level, Proxy, ProxyHost};
 use crate::token;
-use crate::worker::Worker;
+use crate::worker::{CheckId, Worker};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::cell::OnceCell;
@@ -22,7 +21,7 @@ pub struct Http<H: Host> {
     /// `None` when the filter is not configured: every request is refused.
     worker: Option<Rc<Worker>>,
     /// The token this request is paused for.
-    pending: Option<TokenKey>,
+    pending: Option<CheckId>,
     /// The request has an `application/x-www-form-urlencoded` body, to check before it goes on.
     form_body: bool,
     /// The connection's certificate, for the log of a deny on the body.
@@ -41,15 +40,34 @@ fn refuse(host: &impl Host, why: &'static str, realm: &str) -> Action {
 /// The request's connection, read through the host when the flow asks (each read is a host call).
 struct HostPeer<'a, H: Host> {
     host: &'a H,
+    worker: &'a Worker,
     thumbprint: OnceCell<Option<binding::Thumbprint>>,
+}
+
+impl<H: Host> HostPeer<'_, H> {
+    /// The connection's certificate the way this proxy tells it: Envoy's digest (one host call);
+    /// in NGINX the PEM, decoded and hashed once per connection (one host call on later requests).
+    fn read_thumbprint(&self) -> Option<binding::Thumbprint> {
+        match self.worker.proxy {
+            Proxy::Envoy => {
+                binding::client_thumbprint(|name| self.host.property(&["connection", name]))
+            }
+            Proxy::Nginx => {
+                let id = self.host.property(&["connection", "id"])?;
+                let read = || binding::nginx_client_thumbprint(|v| self.host.property(&["ngx", v]));
+                match self.worker.connections.try_borrow_mut() {
+                    Ok(mut seen) => seen.get_or_read(&id, read),
+                    Err(_) => read(),
+                }
+            }
+        }
+    }
 }
 
 impl<H: Host> Peer for HostPeer<'_, H> {
     #[inline]
     fn thumbprint(&self) -> Option<binding::Thumbprint> {
-        *self.thumbprint.get_or_init(|| {
-            binding::client_thumbprint(|name| self.host.property(&["connection", name]))
-        })
+        *self.thumbprint.get_or_init(|| self.read_thumbprint())
     }
 
     fn uri_san(&self) -> Option<String> {
@@ -99,6 +117,7 @@ impl<H: Host> Http<H> {
         let headers = self.host.request_headers();
         let peer = HostPeer {
             host: &self.host,
+            worker: &worker,
             thumbprint: OnceCell::new(),
         };
         // Only a request with a body can carry a form: a GET costs nothing here.
@@ -229,7 +248,7 @@ impl<H: Host> Http<H> {
         self.apply_all(&worker, &verdicts);
     }
 
-    fn dispatch(&mut self, worker: &Worker, key: TokenKey, call: &flow::Call) {
+    fn dispatch(&mut self, worker: &Worker, key: CheckId, call: &flow::Call) {
         let sent = self.host.dispatch(call);
         let Ok(mut st) = worker.state.try_borrow_mut() else {
             return;

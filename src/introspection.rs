@@ -13,16 +13,16 @@ use std::rc::Rc;
 /// `client_secret_basic` the client's credentials in `Authorization`; with `tls_client_auth` its
 /// `client_id` in the body (the proxy's TLS connection carries the certificate, RFC 8705 2.1).
 pub fn request(cfg: &Introspection, token: &str) -> (Vec<(&'static str, String)>, Vec<u8>) {
-    let mut headers = vec![
-        (":method", "POST".to_string()),
-        (":path", cfg.endpoint.path.clone()),
-        (":authority", cfg.endpoint.authority.clone()),
+    let mut headers = cfg
+        .endpoint
+        .pseudo_headers("POST", cfg.endpoint.path.clone());
+    headers.extend([
         (
             "content-type",
             "application/x-www-form-urlencoded".to_string(),
         ),
         ("accept", cfg.format.accept().to_string()),
-    ];
+    ]);
     let mut body = format!(
         "token={}&token_type_hint=access_token",
         form_urlencode(token)

@@ -6,7 +6,7 @@
 use crate::config;
 use crate::feed;
 use crate::flow::CallAnswer;
-use crate::host::{Host, Level, ProxyHost};
+use crate::host::{Host, Level, Proxy, ProxyHost};
 use crate::http::Http;
 use crate::metrics;
 use crate::worker::Worker;
@@ -68,16 +68,25 @@ impl<H: Host + Clone> Root<H> {
             },
             None => None,
         };
+        let proxy = self.host.proxy();
         self.host.log(
             Level::Info,
             &format!(
-                "certbound {} configured: format {}, configuration fingerprint {}",
+                "certbound {} configured in {}: format {}, configuration fingerprint {}",
                 env!("CARGO_PKG_VERSION"),
+                proxy.name(),
                 config.introspection.format.name(),
                 config.fingerprint
             ),
         );
-        let worker = Worker::new(config);
+        if proxy == Proxy::Nginx {
+            self.host.log(
+                Level::Info,
+                "ngx_wasm_module cannot resume a request from another's context: requests that \
+                 carry the same uncached token each make their own introspection call",
+            );
+        }
+        let worker = Worker::new(config, proxy);
         worker.clock.set(self.host.now());
         if !self.host.set_tick_period_ms(TICK_MS) {
             self.host.log(Level::Error, "cannot start the timer");

@@ -2,10 +2,11 @@
 //! it has out and the requests waiting for them, and its metric tally. Plain data; the request flow
 //! (`crate::flow`) reads and changes it, the context adapters hold it.
 
-use crate::binding::Thumbprint;
+use crate::binding::{ConnectionThumbprints, Thumbprint};
 use crate::cache::{KeyDeriver, LocalCache, Seal, TokenHash, TokenKey};
 use crate::certificate::ParsedCertificates;
 use crate::config::{Config, JwtRules};
+use crate::host::Proxy;
 use crate::jwks::KeySet;
 use crate::metrics::Tally;
 use crate::revocation::Revocations;
@@ -19,18 +20,26 @@ const LOCAL_ENTRIES: usize = 1024;
 /// The configuration (fixed once configured) and the state that changes with every request.
 pub struct Worker {
     pub config: Config,
+    /// The proxy it runs in (asked once, at configure time).
+    pub proxy: Proxy,
+    /// Certificates of the last connections, where the proxy gives no digest (NGINX). Apart from
+    /// `state`: it is read while the flow holds that.
+    pub connections: RefCell<ConnectionThumbprints>,
     /// Unix seconds, read from the host on the root context's timer (a hit reads no clock).
     pub clock: Cell<u64>,
     pub state: RefCell<State>,
 }
 
 impl Worker {
-    pub fn new(config: Config) -> Worker {
-        let state = RefCell::new(State::new(&config));
+    pub fn new(config: Config, proxy: Proxy) -> Worker {
+        let mut state = State::new(&config);
+        state.single_flight = proxy == Proxy::Envoy;
         Worker {
             config,
+            proxy,
+            connections: RefCell::new(ConnectionThumbprints::default()),
+            state: RefCell::new(state),
             clock: Cell::new(0),
-            state,
         }
     }
 }
@@ -41,9 +50,12 @@ pub struct State {
     /// Marks what this configuration writes to shared data as its own.
     pub seal: Seal,
     pub local: LocalCache,
-    /// Tokens being checked right now: one call per token per worker, however many requests
-    /// carry it at once.
-    pub inflight: HashMap<TokenKey, Inflight>,
+    /// Tokens being checked right now. Where the host can resume one request from another's
+    /// context, one call per token per worker, however many requests carry it at once; else one
+    /// per request (`CheckId`).
+    pub inflight: HashMap<CheckId, Inflight>,
+    /// Requests with the same token wait for one check (false: each makes its own).
+    pub single_flight: bool,
     /// This worker's parsed copy of the key set and when it was fetched.
     pub keys: Option<(u64, Rc<KeySet>)>,
     /// The key set call out (one per worker, whatever the number of checks that need it).
@@ -68,6 +80,7 @@ impl State {
             seal: Seal::new(&config.fingerprint, &config.introspection.client_secret),
             local: LocalCache::new(LOCAL_ENTRIES.min(config.cache.max_entries as usize)),
             inflight: HashMap::new(),
+            single_flight: true,
             keys: None,
             key_set_fetch: None,
             key_set_failed_at: None,
@@ -87,6 +100,23 @@ pub struct Waiter {
     pub route: Option<usize>,
     /// Request headers to remove if it is allowed (`flow::spoofable_headers`; usually none).
     pub strip: Vec<String>,
+}
+
+/// Which check: the token's cache key, and where requests do not share checks
+/// (`State::single_flight` false), the request that made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CheckId {
+    pub token: TokenKey,
+    /// 0 where requests with the same token share one check.
+    pub caller: u32,
+}
+
+impl State {
+    /// The check a request with `token` in `context_id` makes or waits for.
+    pub fn check_id(&self, token: TokenKey, context_id: u32) -> CheckId {
+        let caller = if self.single_flight { 0 } else { context_id };
+        CheckId { token, caller }
+    }
 }
 
 /// One token's check in progress.
@@ -118,8 +148,8 @@ pub const KEY_SET_BACKOFF_SECONDS: u64 = 5;
 /// The worker's key set call: which check's context made it, and the checks waiting for it.
 #[derive(Debug)]
 pub struct KeySetFetch {
-    pub by: TokenKey,
-    pub waiting: Vec<TokenKey>,
+    pub by: CheckId,
+    pub waiting: Vec<CheckId>,
 }
 
 /// A JWT answer waiting to be verified.

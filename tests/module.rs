@@ -60,8 +60,10 @@ const CALLBACKS: [(&str, &str); 17] = [
 ];
 
 /// What every module needs whatever it implements: memory, the ABI version, the allocator the
-/// host writes answers with, VM start, context creation and deletion.
-const ALWAYS: [&str; 7] = [
+/// host writes answers with, VM start, context creation and deletion; and the callbacks NGINX's
+/// ngx_wasm_module calls without checking that they are exported (its worker crashes without them;
+/// the SDK's default bodies let the response go on).
+const ALWAYS: [&str; 10] = [
     "memory",
     "_initialize",
     "proxy_abi_version_0_2_1",
@@ -69,6 +71,9 @@ const ALWAYS: [&str; 7] = [
     "proxy_on_vm_start",
     "proxy_on_context_create",
     "proxy_on_delete",
+    "proxy_on_response_headers",
+    "proxy_on_response_body",
+    "proxy_on_log",
 ];
 
 /// The exports of the SDK callbacks that the adapters' trait impls define.

@@ -73,12 +73,35 @@ impl Algorithm {
     }
 }
 
-/// An upstream endpoint reached with a dispatched call: an Envoy cluster, authority and path.
+/// An upstream endpoint reached with a dispatched call: an Envoy cluster (in NGINX `host:port`),
+/// authority and path.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Endpoint {
     pub cluster: String,
     pub authority: String,
     pub path: String,
+    /// The `:scheme` the calls carry, if configured (NGINX uses TLS for `https`).
+    pub scheme: Option<&'static str>,
+}
+
+impl Endpoint {
+    /// The pseudo-headers of a call with `method` to `path` (this endpoint's, with a query
+    /// perhaps) of this endpoint.
+    pub fn pseudo_headers(
+        &self,
+        method: &'static str,
+        path: String,
+    ) -> Vec<(&'static str, String)> {
+        let mut headers = vec![
+            (":method", method.to_string()),
+            (":path", path),
+            (":authority", self.authority.clone()),
+        ];
+        if let Some(scheme) = self.scheme {
+            headers.push((":scheme", scheme.to_string()));
+        }
+        headers
+    }
 }
 
 /// How the introspecting client authenticates to the identity server.

@@ -34,6 +34,7 @@ struct RawConfig {
 struct RawIntrospection {
     format: Option<String>,
     cluster: Option<String>,
+    scheme: Option<String>,
     authority: Option<String>,
     path: Option<String>,
     client_id: Option<String>,
@@ -61,6 +62,7 @@ struct RawJwt {
 #[serde(deny_unknown_fields)]
 struct RawJwks {
     cluster: Option<String>,
+    scheme: Option<String>,
     authority: Option<String>,
     path: Option<String>,
     timeout_ms: Option<u64>,
@@ -73,6 +75,7 @@ struct RawJwks {
 #[serde(deny_unknown_fields)]
 struct RawRevocation {
     cluster: Option<String>,
+    scheme: Option<String>,
     authority: Option<String>,
     path: Option<String>,
     issuer: Option<String>,
@@ -369,6 +372,7 @@ fn introspection(
             cluster: required(i.cluster, "introspection.cluster")?,
             authority: required(i.authority, "introspection.authority")?,
             path: path(i.path, "introspection.path")?,
+            scheme: scheme(i.scheme, "introspection.scheme")?,
         },
         client_id,
         client_auth,
@@ -530,6 +534,10 @@ fn revocation(r: RawRevocation, i: &Introspection) -> Result<Revocation> {
                 None => i.endpoint.authority.clone(),
             },
             path: path(r.path, "revocation.path")?,
+            scheme: match r.scheme {
+                Some(v) => scheme(Some(v), "revocation.scheme")?,
+                None => i.endpoint.scheme,
+            },
         },
         rules: Rc::new(JwtRules {
             issuer,
@@ -547,6 +555,17 @@ fn revocation(r: RawRevocation, i: &Introspection) -> Result<Revocation> {
     })
 }
 
+/// An endpoint's `scheme`: the `:scheme` its calls carry, which is what makes ngx_wasm_module
+/// use TLS (Envoy's cluster decides that itself). None: the calls carry no `:scheme`.
+fn scheme(v: Option<String>, field: &str) -> Result<Option<&'static str>> {
+    match v.as_deref() {
+        None => Ok(None),
+        Some("https") => Ok(Some("https")),
+        Some("http") => Ok(Some("http")),
+        Some(_) => err(field, "must be http or https"),
+    }
+}
+
 fn jwks(k: RawJwks, field: &str) -> Result<Jwks> {
     let f = |name: &str| format!("{field}.{name}");
     Ok(Jwks {
@@ -554,6 +573,7 @@ fn jwks(k: RawJwks, field: &str) -> Result<Jwks> {
             cluster: required(k.cluster, &f("cluster"))?,
             authority: required(k.authority, &f("authority"))?,
             path: path(k.path, &f("path"))?,
+            scheme: scheme(k.scheme, &f("scheme"))?,
         },
         timeout_ms: bounded(k.timeout_ms, 2000, 60_000, &f("timeout_ms"))?,
         max_body_bytes: body_limit(k.max_body_bytes, &f("max_body_bytes"))?,

@@ -15,6 +15,7 @@ fn section() -> Revocation {
             cluster: "idsvr".into(),
             authority: "login.example.com".into(),
             path: "/events".into(),
+            scheme: None,
         },
         rules: Rc::new(rules),
         poll_interval_ms: 500,

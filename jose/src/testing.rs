@@ -53,6 +53,7 @@ pub fn rules(typ: Option<&str>) -> JwtRules {
                 cluster: "c".into(),
                 authority: "a".into(),
                 path: "/jwks".into(),
+                scheme: None,
             },
             timeout_ms: 2000,
             max_body_bytes: 65536,

@@ -1470,3 +1470,144 @@ fn header_names_are_read_in_any_letter_case() {
     );
     assert_eq!(p.status(r), 400);
 }
+
+// ---------------------------------------------------------------------------------------------
+// In NGINX (ngx_wasm_module): the certificate from its PEM once per connection, and no request
+// waiting for another's call (the host ignores `proxy_set_effective_context`).
+
+/// A PEM certificate as NGINX's `$ssl_client_raw_cert` has it (a minimal DER SEQUENCE).
+const NGINX_PEM: &[u8] = b"-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n";
+
+/// A request in NGINX on connection `id`, whose certificate NGINX verified (`verify`) or not.
+fn in_nginx(p: &mut Proxy, token: &str, id: &str, verify: &str) -> u32 {
+    let props: [(&str, &[u8]); 3] = [
+        ("id", id.as_bytes()),
+        ("ngx.ssl_client_verify", verify.as_bytes()),
+        ("ngx.ssl_client_raw_cert", NGINX_PEM),
+    ];
+    on_connection(p, token, &[], &props)
+}
+
+fn reads_of(p: &Proxy, property: &str) -> usize {
+    let s = p.host.0.borrow();
+    s.property_reads.iter().filter(|r| *r == property).count()
+}
+
+#[test]
+fn in_nginx_the_certificate_is_read_from_its_pem_once_per_connection() {
+    let mine = Thumbprint::from_pem(std::str::from_utf8(NGINX_PEM).unwrap()).unwrap();
+    let mut p = Proxy::new_in(true, &config("json"), NOW);
+    let a = in_nginx(&mut p, "tok", "7", "SUCCESS");
+    p.answer(a, 200, &[], &active_json(mine));
+    assert_eq!(p.status(a), 200, "bound to the PEM's thumbprint");
+    let b = in_nginx(&mut p, "tok", "7", "SUCCESS");
+    let c = in_nginx(&mut p, "tok", "7", "SUCCESS");
+    assert_eq!((p.status(b), p.status(c)), (200, 200));
+    assert_eq!(
+        reads_of(&p, "ngx.ssl_client_raw_cert"),
+        1,
+        "once per connection"
+    );
+    assert_eq!(reads_of(&p, "connection.sha256_peer_certificate_digest"), 0);
+    // Another connection is read anew.
+    let d = in_nginx(&mut p, "tok", "8", "SUCCESS");
+    assert_eq!(p.status(d), 200);
+    assert_eq!(reads_of(&p, "ngx.ssl_client_raw_cert"), 2);
+    // A certificate NGINX did not verify (ssl_verify_client optional_no_ca) is no certificate.
+    let e = in_nginx(
+        &mut p,
+        "tok",
+        "9",
+        "FAILED:unable to verify the first certificate",
+    );
+    assert_eq!(p.status(e), 401);
+    assert_eq!(p.counter("requests_denied.no_client_certificate"), 1);
+    // A stolen token on another partner's connection: that connection's own PEM decides.
+    let f = in_nginx(&mut p, "tok-other", "10", "SUCCESS");
+    p.answer(f, 200, &[], &active_json(OTHER));
+    assert_eq!(p.status(f), 401);
+    assert_eq!(p.counter("requests_denied.certificate_mismatch"), 1);
+}
+
+#[test]
+fn in_envoy_the_connection_id_and_pem_are_never_read() {
+    let mut p = Proxy::new(&config("json"), NOW);
+    let a = p.get(PATH, "tok", Some(MINE));
+    p.answer(a, 200, &[], &active_json(MINE));
+    assert_eq!(p.status(a), 200);
+    assert_eq!(reads_of(&p, "connection.sha256_peer_certificate_digest"), 1);
+    assert_eq!(reads_of(&p, "connection.id"), 0);
+    assert_eq!(reads_of(&p, "ngx.ssl_client_raw_cert"), 0);
+}
+
+#[test]
+fn in_nginx_concurrent_requests_each_make_their_own_call_and_are_each_decided() {
+    let mine = Thumbprint::from_pem(std::str::from_utf8(NGINX_PEM).unwrap()).unwrap();
+    let mut p = Proxy::new_in(true, &config("json"), NOW);
+    let logs = format!("{:?}", p.host.0.borrow().logs);
+    assert!(logs.contains("configured in nginx"), "{logs}");
+    assert!(
+        logs.contains("each make their own introspection call"),
+        "{logs}"
+    );
+    let first = in_nginx(&mut p, "tok", "1", "SUCCESS");
+    let second = in_nginx(&mut p, "tok", "2", "SUCCESS");
+    let admin = {
+        let props: [(&str, &[u8]); 3] = [
+            ("id", b"3"),
+            ("ngx.ssl_client_verify", b"SUCCESS"),
+            ("ngx.ssl_client_raw_cert", NGINX_PEM),
+        ];
+        let headers = [
+            (":method", "GET"),
+            (":path", "/api/admin/x"),
+            ("authorization", "Bearer tok"),
+        ];
+        p.request_on(&headers, &props)
+    };
+    let calls = p.calls();
+    let callers: Vec<u32> = calls.iter().map(|(from, _)| *from).collect();
+    assert_eq!(callers, vec![first, second, admin], "one call per request");
+    // Each answer decides its own request only, in its own context.
+    p.answer(second, 200, &[], &active_json(mine));
+    assert_eq!(p.status(second), 200);
+    assert_eq!(p.fate(first), Fate::Paused);
+    assert_eq!(p.fate(admin), Fate::Paused);
+    p.answer(admin, 200, &[], &active_json(mine));
+    assert_eq!(p.status(admin), 403);
+    p.answer(first, 503, &[], b"");
+    assert_eq!(p.status(first), 503);
+    // A request going away leaves the others' calls alone.
+    let gone = in_nginx(&mut p, "tok-2", "4", "SUCCESS");
+    let kept = in_nginx(&mut p, "tok-2", "5", "SUCCESS");
+    p.gone(gone);
+    p.answer(kept, 200, &[], &active_json(mine));
+    assert_eq!(p.status(kept), 200);
+}
+
+#[test]
+fn in_nginx_each_check_that_needs_the_key_set_fetches_it_itself() {
+    let mine = Thumbprint::from_pem(std::str::from_utf8(NGINX_PEM).unwrap()).unwrap();
+    let mut p = Proxy::new_in(true, &config("jwt"), NOW);
+    let jwks = jwks_json(&[ps256()]);
+    let a = in_nginx(&mut p, "tok-a", "1", "SUCCESS");
+    let b = in_nginx(&mut p, "tok-b", "2", "SUCCESS");
+    p.answer(a, 200, &[], phantom(mine).as_bytes());
+    p.answer(b, 200, &[], phantom(mine).as_bytes());
+    let key_set_callers: Vec<u32> = p
+        .calls()
+        .iter()
+        .filter(|(_, c)| c.kind == CallKind::KeySet)
+        .map(|(from, _)| *from)
+        .collect();
+    assert_eq!(
+        key_set_callers,
+        vec![a, b],
+        "no check waits for another's key set"
+    );
+    p.answer(b, 200, &[], jwks.as_bytes());
+    assert_eq!(p.status(b), 200);
+    assert_eq!(p.fate(a), Fate::Paused);
+    p.answer(a, 200, &[], jwks.as_bytes());
+    assert_eq!(p.status(a), 200);
+}

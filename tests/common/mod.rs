@@ -5,6 +5,7 @@
 pub mod envoy;
 pub mod http;
 pub mod introspection;
+pub mod nginx;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ use sha2::{Digest, Sha256};
 #[allow(unused_imports)]
 pub use envoy::{Envoy, EnvoyOpts, RemoteModule, StartError};
 pub use introspection::{revocation_set, Behaviour, Format, Introspection, JwksFault};
+pub use nginx::{for_nginx, Nginx, NginxOpts};
 pub use upstream::Upstream;
 
 pub const ISSUER: &str = "https://idsvr.test";
@@ -243,7 +245,11 @@ impl Reply {
 
 /// Sends a request and collects the reply; panics on a transport error.
 pub fn send(request: reqwest::blocking::RequestBuilder) -> Reply {
-    let resp = request.send().expect("request failed");
+    reply_of(request.send().expect("request failed"))
+}
+
+/// The reply of a response that arrived.
+pub fn reply_of(resp: reqwest::blocking::Response) -> Reply {
     let status = resp.status().as_u16();
     let headers = resp
         .headers()

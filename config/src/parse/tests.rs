@@ -125,6 +125,16 @@ fn every_bad_configuration_names_its_field() {
         ),
         (
             "json",
+            |v| v["introspection"]["scheme"] = json!("HTTPS"),
+            "introspection.scheme: must be http or https",
+        ),
+        (
+            "jwt",
+            |v| v["jwt"]["jwks"]["scheme"] = json!("tls"),
+            "jwt.jwks.scheme: must be http or https",
+        ),
+        (
+            "json",
             |v| v["introspection"]["audiences"] = json!([]),
             "introspection.audiences: must list non-empty audiences",
         ),
@@ -565,6 +575,26 @@ fn every_bad_configuration_names_its_field() {
         );
     }
     assert!(parse(b"not json").is_err());
+}
+
+#[test]
+fn a_scheme_is_sent_only_where_configured_and_the_feed_inherits_the_introspections() {
+    let plain = parse_value(&minimal("json")).unwrap();
+    let headers = plain
+        .introspection
+        .endpoint
+        .pseudo_headers("POST", "/p".into());
+    assert!(headers.iter().all(|(k, _)| *k != ":scheme"), "{headers:?}");
+    let mut v = minimal("jwt");
+    v["introspection"]["scheme"] = json!("https");
+    v["revocation"] = json!({"path": "/events"});
+    let c = parse_value(&v).unwrap();
+    let headers = c.introspection.endpoint.pseudo_headers("POST", "/p".into());
+    assert!(
+        headers.contains(&(":scheme", "https".to_string())),
+        "{headers:?}"
+    );
+    assert_eq!(c.revocation.unwrap().feed.scheme, Some("https"));
 }
 
 #[test]
