@@ -399,6 +399,70 @@ fn a_bad_configuration_is_refused(proxy: Proxy) {
     }
 }
 
+/// NGINX only (Envoy's clusters do TLS themselves): with `"scheme": "https"` the introspection
+/// call goes over TLS and the identity server's certificate is checked; one the configured CA did
+/// not sign, or for another name, is refused, and the request with it.
+#[test]
+fn nginx_calls_the_identity_server_over_https_and_checks_its_certificate() {
+    let cases = [
+        ("root.pem", "login.example.com", true),
+        ("untrusted-ca.pem", "login.example.com", false),
+        // The certificate is for *.example.com: another name is refused.
+        ("root.pem", "idsvr.internal", false),
+    ];
+    for (ca, authority, trusted) in cases {
+        let upstream = Upstream::start();
+        let idp = Introspection::start(Format::Json);
+        let tls_port = free_port();
+        let certs = certs_dir();
+        let file = |n: &str| certs.join(n).display().to_string();
+        let mut filter = filter_config(Format::Json);
+        filter["introspection"]["cluster"] = json!(format!("127.0.0.1:{tls_port}"));
+        filter["introspection"]["scheme"] = json!("https");
+        // The name the certificate is checked against (ngx_wasm_module: the call's authority).
+        filter["introspection"]["authority"] = json!(authority);
+        let mut opts = NginxOpts::new(filter, upstream.port());
+        opts.wasm_directives = vec![
+            format!("tls_trusted_certificate {};", file(ca)),
+            "tls_verify_cert on;".into(),
+            "tls_verify_host on;".into(),
+        ];
+        // The identity server behind TLS: NGINX terminates it and passes the call on.
+        opts.servers = vec![format!(
+            "server {{ listen 127.0.0.1:{tls_port} ssl; ssl_certificate {}; ssl_certificate_key {}; \
+             location / {{ proxy_pass http://127.0.0.1:{}; }} }}",
+            file("example.tls.pem"),
+            file("example.tls.key"),
+            idp.port()
+        )];
+        let nginx = Nginx::start(&opts).unwrap_or_else(|e| panic!("{e}"));
+        let token = opaque_token("tls");
+        let claims = bound_claims(&thumbprint(CLIENT), SCOPES);
+        idp.register(&token, Behaviour::Active(claims));
+        let sent = nginx
+            .client(CLIENT)
+            .get(nginx.url(PATH))
+            .header("Authorization", format!("Bearer {token}"))
+            .send();
+        if trusted {
+            let reply = reply_of(sent.expect("an answer"));
+            assert_eq!(reply.status, 200, "{reply:?}");
+            assert_eq!(idp.calls(), 1);
+        } else {
+            // 503, or the connection closed (docs/nginx.md: a failed call); never the API.
+            if let Ok(r) = sent {
+                assert_eq!(r.status().as_u16(), 503, "{ca} {authority}");
+            }
+            assert_eq!(
+                idp.calls(),
+                0,
+                "the call went to a server it could not verify"
+            );
+            assert_eq!(upstream.count(), 0);
+        }
+    }
+}
+
 macro_rules! on_both_proxies {
     ($($case:ident),* $(,)?) => {
         mod envoy {

@@ -38,6 +38,8 @@ pub struct NginxOpts {
     pub workers: u32,
     /// Lines added to the `wasm {}` block (`tls_trusted_certificate ...;`).
     pub wasm_directives: Vec<String>,
+    /// More `server {}` blocks in `http {}`.
+    pub servers: Vec<String>,
 }
 
 impl NginxOpts {
@@ -47,6 +49,7 @@ impl NginxOpts {
             upstream_port,
             workers: 1,
             wasm_directives: Vec::new(),
+            servers: Vec::new(),
         }
     }
 }
@@ -114,7 +117,7 @@ http {{
             proxy_pass http://127.0.0.1:{upstream};
         }}
     }}
-}}
+{servers}}}
 ",
         workers = opts.workers,
         wasm = wasm_path().display(),
@@ -123,6 +126,7 @@ http {{
         trust = file("trust.pem"),
         filter = quoted(&opts.filter.to_string()),
         upstream = opts.upstream_port,
+        servers = opts.servers.join("\n"),
     )
 }
 
