@@ -97,8 +97,9 @@ DESCRIPTIONS = {
     "wasm-empty": "an empty proxy-wasm filter built with the SDK as it comes (every callback exported, "
                   "each returns Continue), same V8 runtime",
     "certbound-hit": "certbound, every token already cached (round-robin over the warmed tokens); "
-                     "`make build` keeps only the exports of the callbacks it implements, so Envoy does "
-                     "not call it for response headers, response body and log, as it does the empty filter",
+                     "`make build` keeps the exports of the callbacks it implements and the three NGINX "
+                     "needs (response headers, response body, log), which Envoy calls too, as it does "
+                     "the empty filter's",
     "certbound-miss": "certbound, every request a token never seen: introspection + one PS256 verify",
     "jwt_authn": "Envoy's C++ jwt_authn verifying the PS256 JWT on every request (no JWT cache)",
     "jwt_authn-cached": "the same with jwt_cache_config (JWT cache on)",

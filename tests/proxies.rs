@@ -483,3 +483,36 @@ on_both_proxies!(
     claim_headers_from_the_client_never_pass,
     a_bad_configuration_is_refused,
 );
+
+#[test]
+fn envoy_keep_alive_requests_on_one_connection() {
+    keep_alive_requests_on_one_connection(Proxy::Envoy)
+}
+
+/// FAILS TODAY (docs/nginx.md, "Not safe yet"): on a reused connection, a request denied in the
+/// answer of its introspection call reaches the API in NGINX, and the worker then crashes. Run it
+/// with `cargo test --test proxies -- --ignored`; it must pass before NGINX is supported.
+#[test]
+#[ignore = "ngx_wasm_module lets a deny made in a call's answer through on a reused connection"]
+fn nginx_keep_alive_requests_on_one_connection() {
+    keep_alive_requests_on_one_connection(Proxy::Nginx)
+}
+
+/// Requests one after another on one keep-alive connection, a stolen token among them (each a
+/// miss, decided in its call's answer): every one decided, the stolen ones never reach the API.
+fn keep_alive_requests_on_one_connection(proxy: Proxy) {
+    let w = World::new(proxy, Format::Jwt);
+    let client = w.gw.client(CLIENT);
+    let token = w.bound_token(CLIENT, SCOPES);
+    let stolen = w.bound_token(CLIENT2, SCOPES);
+    for i in 0..30 {
+        let t = if i % 5 == 4 { &stolen } else { &token };
+        let reply = w.get_with(&client, PATH, t, &[]);
+        assert_eq!(
+            reply.status,
+            if i % 5 == 4 { 401 } else { 200 },
+            "request {i}: {reply:?}"
+        );
+    }
+    assert_eq!(w.upstream.count(), 24);
+}

@@ -267,7 +267,10 @@ impl Drop for Nginx {
                 eprintln!("{line}");
             }
         } else {
-            let _ = fs::remove_dir_all(&self.dir);
+            // KEEP_NGINX=1 keeps the configuration and logs of a passing test too.
+            if std::env::var_os("KEEP_NGINX").is_none() {
+                let _ = fs::remove_dir_all(&self.dir);
+            }
         }
     }
 }
