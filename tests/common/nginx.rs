@@ -113,6 +113,8 @@ http {{
         ssl_verify_client optional;
         ssl_verify_depth 3;
         location / {{
+            # certbound's deny holds only in the access phase (docs/nginx.md).
+            proxy_wasm_request_headers_in_access on;
             proxy_wasm certbound {filter};
             proxy_pass http://127.0.0.1:{upstream};
         }}
