@@ -463,6 +463,79 @@ fn nginx_calls_the_identity_server_over_https_and_checks_its_certificate() {
     }
 }
 
+/// The revocation feed on two workers: a forged event changes nothing, a signed one makes the
+/// token refused within 2 s on new connections (either worker) without introspection, another token
+/// stays allowed; a feed down past `max_staleness_seconds` means every request is introspected.
+/// (The root context's calls and shared data across workers, in both proxies.)
+fn revocation_reaches_every_worker(proxy: Proxy) {
+    let w = World::with_workers(
+        proxy,
+        Format::Jwt,
+        |c| {
+            c["revocation"] =
+                json!({"path": "/events", "poll_interval_ms": 200, "max_staleness_seconds": 2})
+        },
+        2,
+    );
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let start = std::time::Instant::now();
+        while !done() {
+            assert!(start.elapsed() < Duration::from_secs(5), "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        start.elapsed()
+    };
+    let revoked = w.bound_token(CLIENT, SCOPES);
+    let kept = w.bound_token(CLIENT, SCOPES);
+    // A new client (and connection) per request: both workers are asked.
+    let statuses =
+        |token: &str| -> Vec<u16> { (0..6).map(|_| w.get(CLIENT, PATH, token).status).collect() };
+    // Until the feed has answered, entries are not trusted: wait for the cache to decide.
+    wait_for("the cache decides once the feed answered", &|| {
+        let before = w.idp.calls();
+        statuses(&kept);
+        w.idp.calls() == before
+    });
+    assert_eq!(statuses(&revoked), vec![200; 6]);
+    let calls = w.idp.calls();
+    assert_eq!(statuses(&revoked), vec![200; 6]);
+    assert_eq!(w.idp.calls(), calls, "served from the cache");
+
+    w.idp
+        .publish(revocation_set(common::introspection::other_key(), &revoked));
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        statuses(&revoked),
+        vec![200; 6],
+        "a forged event changes nothing"
+    );
+
+    w.idp.publish(revocation_set(
+        common::introspection::signing_key(),
+        &revoked,
+    ));
+    let took = wait_for("the revoked token is refused", &|| {
+        statuses(&revoked) == vec![401; 6]
+    });
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert_eq!(statuses(&kept), vec![200; 6]);
+    assert_eq!(w.idp.calls(), calls, "refused without introspection");
+
+    w.idp.feed_down(true);
+    std::thread::sleep(Duration::from_millis(2600));
+    assert_eq!(statuses(&kept), vec![200; 6]);
+    assert_eq!(
+        w.idp.calls(),
+        calls + 6,
+        "past the staleness bound each request is introspected"
+    );
+    assert_eq!(
+        statuses(&revoked),
+        vec![401; 6],
+        "still refused by the recorded event"
+    );
+}
+
 macro_rules! on_both_proxies {
     ($($case:ident),* $(,)?) => {
         mod envoy {
@@ -483,6 +556,7 @@ on_both_proxies!(
     claim_headers_from_the_client_never_pass,
     a_bad_configuration_is_refused,
     keep_alive_requests_on_one_connection,
+    revocation_reaches_every_worker,
 );
 
 /// Requests one after another on one keep-alive connection, a stolen token among them (each a
