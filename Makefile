@@ -299,11 +299,11 @@ demo-test: ## make demo as a newcomer runs it: a fresh clone of HEAD, twice; not
 	bash tests/demo/fresh-clone.sh
 
 .PHONY: bench
-bench: setup certs build envoy-config ## benchmark: passthrough, empty wasm, certbound hit/miss, jwt_authn (writes bench/results.md, .svg)
+bench: setup certs build envoy-config nginx-wasm ## benchmark: passthrough, empty wasm, certbound hit/miss, jwt_authn, and in NGINX passthrough and hit (writes bench/results.md, .svg)
 	@$(call require,taskset,Install util-linux (Debian: apt-get install util-linux).)
 	@$(call require,python3,$(PYTHON_HINT))
 	ENVOY_BIN=$(ENVOY) CERTBOUND_WASM=$(CURDIR)/$(WASM) CERTS_DIR=$(CERTS_DIR) ENVOY_CONFIG_BIN=$(ENVOY_CONFIG_BIN) \
-	  bench/run.sh
+	  NGINX_WASM=$(NGINX_WASM_BIN) bench/run.sh
 
 # ---- Distribution: the OCI image, the release, the Istio WasmPlugin (wasm/, tests/distribution.rs) ----
 OCI_DIR        := target/oci

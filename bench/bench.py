@@ -7,7 +7,10 @@ One Envoy 1.40 process per scenario (`--concurrency 1`, all pinned to CPU 0 with
 receives load at a time), each with the same mutual-TLS listener and the same zero-cost upstream
 (a `direct_response` route). The load generator (bench/tools `load`) and the identity-server stub
 run on CPU 1. Each measurement round runs every scenario once, back to back; ratios to
-`passthrough` are taken within a round, then the median over the rounds is reported.
+`passthrough` are taken within a round, then the median over the rounds is reported. The two
+`nginx-*` scenarios run NGINX with ngx_wasm_module (one worker, same CPU, same listener) with the same
+certbound.wasm; their upstream is an NGINX server of its own (certbound guards proxy_pass locations
+only), so `nginx-certbound-hit` is compared with `nginx-passthrough` first.
 
 Knobs (environment): BENCH_SECONDS (5), BENCH_WARMUP (1), BENCH_RUNS (5), BENCH_CONNECTIONS (32),
 BENCH_RATE (auto: half the slowest scenario's saturation throughput, 2 significant digits),
@@ -50,6 +53,8 @@ ENVOY_CONFIG = env_path("ENVOY_CONFIG_BIN", REPO / "target/debug/envoy-config")
 EMPTY_WASM = env_path(
     "EMPTY_WASM", REPO / "target/bench/wasm32-wasip1/release/certbound_bench_wasm_empty.wasm"
 )
+# NGINX with ngx_wasm_module for the nginx-* scenarios (`make nginx-wasm` unpacks it there).
+NGINX = env_path("NGINX_WASM", REPO / "target/nginx-wasm/nginx")
 TOOLS = env_path("BENCH_TOOLS_BIN", REPO / "target/bench/release/certbound-bench")
 OHA = env_path("OHA_BIN", REPO / ".bench-tools/bin/oha")
 CERTS = env_path("CERTS_DIR", REPO / "certs/out")
@@ -91,6 +96,8 @@ ALL_SCENARIOS = [
     "certbound-miss",
     "jwt_authn",
     "jwt_authn-cached",
+    "nginx-passthrough",
+    "nginx-certbound-hit",
 ]
 DESCRIPTIONS = {
     "passthrough": "mutual TLS, no filter: the limit",
@@ -103,6 +110,10 @@ DESCRIPTIONS = {
     "certbound-miss": "certbound, every request a token never seen: introspection + one PS256 verify",
     "jwt_authn": "Envoy's C++ jwt_authn verifying the PS256 JWT on every request (no JWT cache)",
     "jwt_authn-cached": "the same with jwt_cache_config (JWT cache on)",
+    "nginx-passthrough": "NGINX 1.22 with ngx_wasm_module (one worker), mutual TLS, no filter; its upstream "
+                         "an NGINX `return 200` server over kept-alive connections (a location answered "
+                         "by `return` itself would ignore a filter's deny)",
+    "nginx-certbound-hit": "the same NGINX with the same certbound.wasm, every token already cached",
 }
 
 children = []
@@ -359,6 +370,102 @@ class Envoy:
         return 0
 
 
+def nginx_config(scenario, listen_port, upstream_port, stub_port):
+    """An NGINX scenario: the same mutual-TLS listener as Envoy's, certbound (`certbound_config`,
+    its calls to the stub by host:port) on every location, and a zero-cost upstream of its own."""
+    config = certbound_config()
+    for section in (config["introspection"], config["jwt"]["jwks"], config["revocation"]):
+        section["cluster"] = f"127.0.0.1:{stub_port}"
+    certbound = scenario == "nginx-certbound-hit"
+    quoted = json.dumps(config).replace("\\", "\\\\").replace("'", "\\'")
+    wasm = f"proxy_wasm_request_headers_in_access on; proxy_wasm certbound '{quoted}';" if certbound else ""
+    module = f"wasm {{ module certbound {CERTBOUND_WASM}; shm_kv certbound 16m; }}" if certbound else ""
+    return f"""daemon off;
+master_process on;
+worker_processes 1;
+error_log logs/error.log warn;
+pid logs/nginx.pid;
+events {{ worker_connections 1024; }}
+{module}
+http {{
+    access_log off;
+    upstream api {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{listen_port} ssl;
+        ssl_certificate {CERTS / "example.tls.pem"};
+        ssl_certificate_key {CERTS / "example.tls.key"};
+        ssl_client_certificate {CERTS / "trust.pem"};
+        ssl_verify_client on;
+        keepalive_requests 1000000;
+        location / {{
+            {wasm}
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass http://api;
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{upstream_port};
+        keepalive_requests 1000000;
+        location = {ECHO_PATH} {{
+            add_header x-echo-authorization $http_authorization;
+            add_header x-echo-client-id $http_x_certbound_client_id;
+            return 200 "ok\n";
+        }}
+        location / {{ return 200 "ok\n"; }}
+    }}
+}}
+"""
+
+
+class Nginx:
+    """An NGINX scenario's process, with what the measurements read of an Envoy one: its port, and
+    CPU time and memory (its master's and its worker's). It has no `/stats`: the stub counts calls."""
+
+    def __init__(self, scenario, stub_port):
+        if not NGINX.exists():
+            die(f"{NGINX} not found: run `make nginx-wasm` or set NGINX_WASM")
+        self.scenario = scenario
+        self.port, upstream = free_port(), free_port()
+        prefix = WORK / f"nginx-{scenario}"
+        (prefix / "logs").mkdir(parents=True, exist_ok=True)
+        (prefix / "nginx.conf").write_text(nginx_config(scenario, self.port, upstream, stub_port))
+        self.log = prefix / "logs/error.log"
+        self.proc = spawn([NGINX, "-p", prefix, "-c", "nginx.conf"], prefix / "logs/stderr.log", ENVOY_CPU)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                die(f"NGINX for {scenario} exited:\n{tail(self.log)}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 1).close()
+                # The worker compiles the module before it accepts; certbound trusts its cache once
+                # the revocation feed has answered (500 ms polls). The sanity check then proves it.
+                time.sleep(2 if scenario == "nginx-certbound-hit" else 0)
+                return
+            except OSError:
+                time.sleep(0.1)
+        die(f"NGINX for {scenario} did not start:\n{tail(self.log)}")
+
+    def pids(self):
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [self.proc.pid, *map(int, children.read_text().split())]
+
+    def cpu_seconds(self):
+        total = 0
+        for pid in self.pids():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def rss_kib(self):
+        total = 0
+        for pid in self.pids():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        return total
+
+
 def tls_args(envoy):
     return ["--addr", f"127.0.0.1:{envoy.port}", "--sni", SNI, "--ca", CERTS / "root.pem",
             "--cert", CERTS / "example.client.pem", "--key", CERTS / "example.client.key"]
@@ -423,12 +530,12 @@ def check(cond, what):
 def sanity(s, jwt, opaque):
     """One request per scenario through the echo route, before any load."""
     name, e = s.name, s.envoy
-    if name in ("passthrough", "wasm-empty"):
+    if name in ("passthrough", "wasm-empty", "nginx-passthrough"):
         r = probe(e, ECHO_PATH, opaque)
         check(r["status"] == 200, f"{name}: status {r['status']}")
         check(r["headers"].get("x-echo-authorization") == f"Bearer {opaque}",
               f"{name}: the upstream did not get the client's Authorization")
-    elif name.startswith("certbound"):
+    elif "certbound" in name:
         token = s.first_token
         r = probe(e, ECHO_PATH, token)
         check(r["status"] == 200, f"{name}: status {r['status']}: {r['body']}")
@@ -632,6 +739,9 @@ def summarize(scenarios, rate):
         "hit/jwt_authn": pair("certbound-hit", "jwt_authn"),
         "hit/jwt_authn-cached": pair("certbound-hit", "jwt_authn-cached"),
         "p99 hit-wasm-empty": delta("certbound-hit", "wasm-empty"),
+        "nginx hit/nginx-passthrough": pair("nginx-certbound-hit", "nginx-passthrough"),
+        "nginx hit/envoy hit": pair("nginx-certbound-hit", "certbound-hit"),
+        "nginx-passthrough/passthrough": pair("nginx-passthrough", "passthrough"),
         "cpu hit-wasm-empty": None if "certbound-hit" not in by or "wasm-empty" not in by else med(
             [x["envoy_us_per_req"] - y["envoy_us_per_req"]
              for x, y in zip(by["certbound-hit"].saturation, by["wasm-empty"].saturation)]),
@@ -695,6 +805,11 @@ def write_markdown(path, names, rows, pairs, extra, rate):
     target("`certbound-hit` / `jwt_authn-cached` (req/s)", pairs["hit/jwt_authn-cached"], "≥ 0.9",
            lambda v: v >= 0.9)
     target("`certbound.wasm` size (KB)", size["certbound"] / 1000, "< 400", lambda v: v < 400)
+    for label, key in [("`nginx-certbound-hit` / `nginx-passthrough` (req/s)", "nginx hit/nginx-passthrough"),
+                       ("`nginx-certbound-hit` / `certbound-hit` in Envoy (req/s)", "nginx hit/envoy hit"),
+                       ("`nginx-passthrough` / `passthrough` in Envoy (req/s)", "nginx-passthrough/passthrough")]:
+        if pairs[key] is not None:
+            w(f"| {label} | {pairs[key]:.2f} | (measured) | |")
     if pairs["cpu hit-wasm-empty"] is not None:
         w(f"| `certbound-hit` − `wasm-empty`, Envoy CPU per request | {pairs['cpu hit-wasm-empty']:.1f} µs "
           "| (what a hit costs over the empty filter) | |")
@@ -713,6 +828,9 @@ def write_markdown(path, names, rows, pairs, extra, rate):
         w(f"- `certbound-hit`: {extra['hit_calls']} introspection calls for {TOKENS} distinct tokens "
           f"({ok}); {fmt_int(extra['hit_requests'])} requests allowed, "
           f"{fmt_int(extra['hit_cache_hits'])} cache hits")
+    if "nginx_warm_calls" in extra:
+        w(f"- `nginx-certbound-hit`: {extra['nginx_warm_calls']} introspection calls (the stub's count) warming "
+          f"{TOKENS} tokens, one of them cached by the sanity check")
     if "miss_calls" in extra:
         w(f"- `certbound-miss`, during the load: {fmt_int(extra['miss_requests'])} requests answered, "
           f"{fmt_int(extra['miss_misses'])} cache misses, {fmt_int(extra['miss_calls'])} introspection "
@@ -919,7 +1037,7 @@ def main():
     log(f"starting {len(names)} Envoy processes (one per scenario) on CPU {ENVOY_CPU}")
     scenarios = []
     for n in names:
-        envoy = Envoy(n, stub_port, jwks)
+        envoy = Nginx(n, stub_port) if n.startswith("nginx") else Envoy(n, stub_port, jwks)
         token_args = {
             "passthrough": ["--token", opaque],
             "wasm-empty": ["--token", opaque],
@@ -927,9 +1045,11 @@ def main():
             "certbound-miss": [],  # a fresh prefix per run, see Scenario.load
             "jwt_authn": ["--token", jwt],
             "jwt_authn-cached": ["--token", jwt],
+            "nginx-passthrough": ["--token", opaque],
+            "nginx-certbound-hit": ["--tokens-file", WORK / "tokens.txt"],
         }[n]
         s = Scenario(n, envoy, token_args)
-        s.first_token = tokens[0] if n == "certbound-hit" else "check" + secrets.token_urlsafe(28)
+        s.first_token = tokens[0] if n.endswith("certbound-hit") else "check" + secrets.token_urlsafe(28)
         scenarios.append(s)
 
     for s in scenarios:
@@ -937,6 +1057,18 @@ def main():
     extra = {"date": date, "cpu": cpu_model(), "envoy_version": envoy_version, "jwt": jwt,
              "sizes": {"certbound": CERTBOUND_WASM.stat().st_size, "empty": EMPTY_WASM.stat().st_size}}
     by = {s.name: s for s in scenarios}
+    stub_calls = lambda: json.loads(http_get(f"http://127.0.0.1:{stub_port}/stats"))["introspections"]  # noqa: E731
+    if "nginx-certbound-hit" in by:
+        # NGINX has no /stats: the stub counts the calls of the warming, one per token but the one
+        # the sanity check cached.
+        before = stub_calls()
+        warm = tool(["load", *tls_args(by["nginx-certbound-hit"].envoy), "--path", LOAD_PATH, "--connections",
+                     1, "--requests", TOKENS, "--tokens-file", WORK / "tokens.txt"], timeout=600)
+        check(warm["ok"] == TOKENS, f"warming nginx: {warm}")
+        extra["nginx_warm_calls"] = stub_calls() - before
+        check(extra["nginx_warm_calls"] == TOKENS - 1,
+              f"nginx-certbound-hit: {extra['nginx_warm_calls']} introspection calls warming {TOKENS - 1} new tokens")
+        log(f"nginx: warmed {TOKENS} tokens: {extra['nginx_warm_calls']} introspection calls")
     if "certbound-hit" in by:
         e = by["certbound-hit"].envoy
         warm = tool(["load", *tls_args(e), "--path", LOAD_PATH, "--connections", 1, "--requests", TOKENS,
@@ -946,7 +1078,6 @@ def main():
         check(calls == TOKENS, f"certbound-hit: {calls} introspection calls after warming {TOKENS} tokens")
         log(f"warmed {TOKENS} tokens: {calls} introspection calls")
 
-    stub_calls = lambda: json.loads(http_get(f"http://127.0.0.1:{stub_port}/stats"))["introspections"]  # noqa: E731
     miss_before = by["certbound-miss"].envoy.counter("certbound.introspection_calls") if "certbound-miss" in by else 0
     misses_before = by["certbound-miss"].envoy.counter("certbound.cache_misses") if "certbound-miss" in by else 0
     stub_before = stub_calls()
@@ -987,7 +1118,9 @@ def main():
                 f"{extra['miss_calls']} introspection calls: some were not misses")
 
     if CALLGRIND:
-        extra["callgrind"] = callgrind_phase(scenarios, stub_port, jwks)
+        # callgrind counts Envoy's instructions: the NGINX scenarios are measured by req/s and CPU.
+        extra["callgrind"] = callgrind_phase([s for s in scenarios if not s.name.startswith("nginx")],
+                                             stub_port, jwks)
 
     names, rows, pairs = summarize(scenarios, rate)
     OUT.mkdir(parents=True, exist_ok=True)
