@@ -47,7 +47,7 @@ NODE_HINT    := Install Node.js 20 or later with npm (Debian: apt-get install no
 CURL_HINT    := Install curl (Debian: apt-get install curl).
 COMPOSE_HINT := Install docker-compose (Debian: apt-get install docker-compose).
 
-.PHONY: nginx-wasm setup-terminators check-build unit envoy-config envoy-compose help setup setup-rust-target setup-rust-components setup-compose setup-wasm-opt certs build api idsvr-deps \
+.PHONY: nginx-wasm setup-nginx-front setup-terminators check-build unit envoy-config envoy-compose help setup setup-rust-target setup-rust-components setup-compose setup-wasm-opt certs build api idsvr-deps \
         validate compose-check test lint clean demo up down logs ports-free
 
 help: ## list the targets
@@ -233,15 +233,30 @@ clean: ## remove build output and generated certificates
 # The example system on this machine: identity server :8444, API :8080, Envoy :8443 (admin :9901).
 # example/system.sh does the process management (also for the end-to-end tests).
 ports-free:
-	@example/system.sh check-ports
+	@PROXY=$(PROXY) example/system.sh check-ports
 
-demo: ports-free setup certs build api envoy-config idsvr-deps ## run the whole example system and the partner client (example/client.sh), then stop it
-	@$(call require,curl,$(CURL_HINT))
-	$(SYSTEM_ENV) example/system.sh demo
+# PROXY=nginx runs the gateway in NGINX with ngx_wasm_module behind an NGINX stream front (nginx/).
+PROXY ?= envoy
+PROXY_DEPS := $(if $(filter nginx,$(PROXY)),nginx-wasm setup-nginx-front)
 
-up: setup certs build api envoy-config idsvr-deps ## start the example system in the background (logs and pids in .run/)
+demo: ports-free setup certs build api envoy-config idsvr-deps $(PROXY_DEPS) ## run the whole example system and the partner client (example/client.sh), then stop it; PROXY=nginx: on NGINX
 	@$(call require,curl,$(CURL_HINT))
-	$(SYSTEM_ENV) example/system.sh up
+	$(SYSTEM_ENV) PROXY=$(PROXY) NGINX_WASM=$(NGINX_WASM_BIN) example/system.sh demo
+
+up: setup certs build api envoy-config idsvr-deps $(PROXY_DEPS) ## start the example system in the background (logs and pids in .run/); PROXY=nginx: on NGINX
+	@$(call require,curl,$(CURL_HINT))
+	$(SYSTEM_ENV) PROXY=$(PROXY) NGINX_WASM=$(NGINX_WASM_BIN) example/system.sh up
+
+# Debian's nginx with its stream module, for nginx/front.conf (the SNI passthrough of PROXY=nginx).
+NGINX_FRONT_HINT := Install them (Debian: apt-get install nginx-light libnginx-mod-stream).
+setup-nginx-front:
+	@PATH="$$PATH:/usr/sbin"; $(call apt_install,nginx,nginx-light,$(NGINX_FRONT_HINT))
+	@if [[ -f /usr/lib/nginx/modules/ngx_stream_module.so ]]; then echo "setup: nginx stream module present"; \
+	elif command -v apt-get >/dev/null 2>&1 && [[ "$$(id -u)" == 0 ]]; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends libnginx-mod-stream >/dev/null \
+	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends libnginx-mod-stream >/dev/null; }; \
+	else echo "error: /usr/lib/nginx/modules/ngx_stream_module.so not found. $(NGINX_FRONT_HINT)" >&2; exit 127; fi
 
 down: ## stop the example system
 	example/system.sh down

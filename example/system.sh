@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # Runs the example system on this machine: the identity server (Node), the example API (Rust) and
-# Envoy with certbound, each in the background with its log and pid under the run directory.
+# Envoy with certbound (PROXY=nginx: NGINX with ngx_wasm_module and certbound, behind an NGINX stream
+# front, nginx/), each in the background with its log and pid under the run directory.
 # One script for `make demo|up|down|logs` and for the end-to-end tests (tests/e2e.rs).
 #
 # Usage: example/system.sh up | down | demo | status | logs [-f] | check-ports
-#        example/system.sh start | stop | wait SERVICE      SERVICE: idsvr api envoy envoy-formats
+#        example/system.sh start | stop | wait SERVICE
+#                                  SERVICE: idsvr api sidecar envoy envoy-formats nginx-gateway nginx-front
 #
-#   up       check tools and ports, start idsvr, api, envoy in that order, each waited for
+#   up       check tools and ports, start idsvr, api, sidecar, envoy in that order, each waited for
+#            (PROXY=nginx: idsvr, api, nginx-gateway, nginx-front)
 #   down     stop every service started from the run directory
 #   demo     up, run example/client.sh, down (also on failure); exit 0 only if all succeeded
 #   logs     the last lines of every log (-f: follow them)
 #
 # Environment [default]:
+#   PROXY [envoy]      envoy, or nginx: the gateway is nginx/gateway.conf in NGINX with ngx_wasm_module
+#                      (NGINX_WASM [target/nginx-wasm/nginx], `make nginx-wasm`) behind nginx/front.conf
+#                      in Debian's nginx with its stream module (NGINX_BIN [nginx])
+#   NGINX_GATEWAY_PORT [8450]  NGINX_EGRESS_PORT [8451]   (PROXY=nginx: the gateway, its loopback hop)
 #   CERTBOUND_RUN_DIR [.run]   logs, pids and the Envoy configurations as run (ports mapped)
 #   FRONT_PORT [8443]  IDSVR_PORT [8444]  API_PORT [8080]  ADMIN_PORT [9901]
 #   FORMATS_PORT [8445]  FORMATS_ADMIN_PORT [9902]   (envoy-formats, used by the tests)
@@ -50,7 +57,19 @@ NODE="${NODE:-node}"
 CERTS_DIR="$(abs "${CERTS_DIR:-certs/out}")"
 READY_TIMEOUT="${READY_TIMEOUT:-90}"
 ENVOY_CONCURRENCY="${ENVOY_CONCURRENCY:-2}"
-SERVICES=(idsvr api sidecar envoy envoy-formats)
+PROXY="${PROXY:-envoy}"
+NGINX_GATEWAY_PORT="${NGINX_GATEWAY_PORT:-8450}"
+NGINX_EGRESS_PORT="${NGINX_EGRESS_PORT:-8451}"
+NGINX_BIN="${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}"
+NGINX_WASM="$(abs "${NGINX_WASM:-target/nginx-wasm/nginx}")"
+NGINX_STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
+SERVICES=(idsvr api sidecar envoy envoy-formats nginx-gateway nginx-front)
+# What `up` starts, in order.
+case "$PROXY" in
+  envoy) SYSTEM=(idsvr api sidecar envoy) ;;
+  nginx) SYSTEM=(idsvr api nginx-gateway nginx-front) ;;
+  *) echo "system: error: PROXY must be envoy or nginx, not '$PROXY'" >&2; exit 2 ;;
+esac
 
 say() { echo "system: $*"; }
 die() { echo "system: error: $*" >&2; exit 1; }
@@ -88,6 +107,8 @@ service_port() {
     envoy) echo "$FRONT_PORT $ADMIN_PORT" ;;
     sidecar) echo "$SIDECAR_PORT $SIDECAR_HAPROXY_PORT $SIDECAR_NGINX_PORT $SIDECAR_ADMIN_PORT" ;;
     envoy-formats) echo "$FORMATS_PORT $FORMATS_ADMIN_PORT" ;;
+    nginx-gateway) echo "$NGINX_GATEWAY_PORT $NGINX_EGRESS_PORT" ;;
+    nginx-front) echo "$FRONT_PORT" ;;
   esac
 }
 
@@ -131,6 +152,14 @@ require_tools() { # services...
         [[ -x "$ENVOY_CONFIG_BIN" ]] || die "the Envoy configuration generator is not built at $ENVOY_CONFIG_BIN: run 'make envoy-config'"
         [[ -f target/wasm32-wasip1/release/certbound.wasm ]] || die "the filter is not built: run 'make build'"
         ;;
+    nginx-gateway)
+        [[ -x "$NGINX_WASM" ]] || die "NGINX with ngx_wasm_module not found at $NGINX_WASM: run 'make nginx-wasm' (or set NGINX_WASM)"
+        [[ -f target/wasm32-wasip1/release/certbound.wasm ]] || die "the filter is not built: run 'make build'"
+        ;;
+    nginx-front)
+        [[ -x "$NGINX_BIN" ]] || die "nginx not found: run 'make setup-nginx-front' (Debian: apt-get install nginx-light libnginx-mod-stream)"
+        [[ -f "$NGINX_STREAM_MODULE" ]] || die "$NGINX_STREAM_MODULE is missing: run 'make setup-nginx-front' (Debian: apt-get install libnginx-mod-stream)"
+        ;;
     esac
   done
   for f in root.pem trust.pem example.tls.pem example.tls.key; do
@@ -146,6 +175,15 @@ render_envoy() { # source destination
     --port "9901=$ADMIN_PORT" --port "8445=$FORMATS_PORT" --port "9902=$FORMATS_ADMIN_PORT" \
     --port "8447=$SIDECAR_PORT" --port "8448=$SIDECAR_HAPROXY_PORT" --port "8449=$SIDECAR_NGINX_PORT" \
     --port "9903=$SIDECAR_ADMIN_PORT" >"$2"
+}
+
+# An NGINX configuration of nginx/ with this run's ports and run directory (the files use the
+# defaults: 8443 front, 8444 identity server, 8080 API, 8450 gateway, 8451 its loopback hop).
+render_nginx() { # source destination
+  sed -e "s#127\.0\.0\.1:8443\b#127.0.0.1:$FRONT_PORT#g" -e "s#127\.0\.0\.1:8444\b#127.0.0.1:$IDSVR_PORT#g" \
+    -e "s#127\.0\.0\.1:8080\b#127.0.0.1:$API_PORT#g" -e "s#127\.0\.0\.1:8450\b#127.0.0.1:$NGINX_GATEWAY_PORT#g" \
+    -e "s#127\.0\.0\.1:8451\b#127.0.0.1:$NGINX_EGRESS_PORT#g" -e "s#certs/out/#$CERTS_DIR/#g" \
+    -e "s# \.run/# $RUN_DIR/#g" "$1" >"$2"
 }
 
 # This installation's introspection client secret: INTROSPECT_CLIENT_SECRET if set, else the one
@@ -193,6 +231,15 @@ launch() { # service
           --log-level warn --component-log-level wasm:info
       ) >>"$log" 2>&1 </dev/null &
       ;;
+    nginx-gateway | nginx-front)
+      local bin="$NGINX_WASM"
+      [[ "$s" == nginx-front ]] && bin="$NGINX_BIN"
+      render_nginx "nginx/${s#nginx-}.conf" "$RUN_DIR/$s.conf"
+      # The repository root is the prefix: the module's and the certificates' relative paths.
+      "$bin" -t -q -e "$log" -p "$ROOT/" -c "$RUN_DIR/$s.conf" >>"$log" 2>&1 ||
+        die "$s: nginx -t refused $RUN_DIR/$s.conf (see $log)"
+      (exec "$bin" -e "$log" -p "$ROOT/" -c "$RUN_DIR/$s.conf") >>"$log" 2>&1 </dev/null &
+      ;;
   esac
   echo "$! $(start_time $!)" >"$(pid_file "$s")"
 }
@@ -212,6 +259,14 @@ is_ready() { # service
     envoy) [[ "$(curl -sS --max-time 2 "http://127.0.0.1:$ADMIN_PORT/ready" 2>/dev/null)" == LIVE ]] ;;
     envoy-formats) [[ "$(curl -sS --max-time 2 "http://127.0.0.1:$FORMATS_ADMIN_PORT/ready" 2>/dev/null)" == LIVE ]] ;;
     sidecar) [[ "$(curl -sS --max-time 2 "http://127.0.0.1:$SIDECAR_ADMIN_PORT/ready" 2>/dev/null)" == LIVE ]] ;;
+    # certbound's own 401 for a request without a token: its workers are configured.
+    nginx-gateway)
+      [[ "$(curl -sS -o /dev/null -w '%{http_code}' --max-time 2 --cacert "$CERTS_DIR/root.pem" \
+        --cert "$CERTS_DIR/example.client.pem" --key "$CERTS_DIR/example.client.key" \
+        --resolve "api.example.com:$NGINX_GATEWAY_PORT:127.0.0.1" \
+        "https://api.example.com:$NGINX_GATEWAY_PORT/api/transactions" 2>/dev/null)" == 401 ]]
+      ;;
+    nginx-front) port_in_use "$FRONT_PORT" ;;
   esac
 }
 
@@ -285,14 +340,19 @@ stop() { # service
 
 up() {
   mkdir -p "$RUN_DIR"
-  require_tools idsvr api sidecar envoy
-  check_ports idsvr api sidecar envoy
+  require_tools "${SYSTEM[@]}"
+  check_ports "${SYSTEM[@]}"
   local s
-  for s in idsvr api sidecar envoy; do
+  for s in "${SYSTEM[@]}"; do
     start "$s" || { down; die "the system did not start (see above)"; }
   done
-  say "up: https://login.example.com:$FRONT_PORT and https://api.example.com:$FRONT_PORT on 127.0.0.1;" \
-    "Envoy admin http://127.0.0.1:$ADMIN_PORT; logs in $RUN_DIR"
+  if [[ "$PROXY" == nginx ]]; then
+    say "up (NGINX): https://login.example.com:$FRONT_PORT and https://api.example.com:$FRONT_PORT on" \
+      "127.0.0.1; logs in $RUN_DIR"
+  else
+    say "up: https://login.example.com:$FRONT_PORT and https://api.example.com:$FRONT_PORT on 127.0.0.1;" \
+      "Envoy admin http://127.0.0.1:$ADMIN_PORT; logs in $RUN_DIR"
+  fi
 }
 
 down() {
@@ -330,7 +390,7 @@ nothing_running() {
 
 demo() {
   nothing_running
-  check_ports idsvr api sidecar envoy
+  check_ports "${SYSTEM[@]}"
   trap 'down' EXIT
   trap 'exit 130' INT TERM
   up
@@ -347,7 +407,7 @@ case "$cmd" in
   demo) demo ;;
   status) status ;;
   logs) logs "${2:-}" ;;
-  check-ports) nothing_running && check_ports idsvr api sidecar envoy ;;
+  check-ports) nothing_running && check_ports "${SYSTEM[@]}" ;;
   start | stop | wait)
     [[ $# -eq 2 ]] || usage
     case "$cmd" in
