@@ -204,7 +204,7 @@ nginx-wasm: ## find NGINX with ngx_wasm_module (NGINX_WASM, else unpack ../share
 	fi
 	@echo "nginx-wasm: $(NGINX_WASM_BIN) ($$($(NGINX_WASM_BIN) -v 2>&1))"
 
-test: setup certs build check-build validate idsvr-deps envoy-config compose-check setup-dist check-wasmplugin setup-terminators nginx-wasm ## unit, integration and end-to-end tests (real Envoy, the built wasm, the example certs, identity server and API)
+test: setup certs build check-build validate idsvr-deps envoy-config compose-check setup-dist check-wasmplugin setup-terminators nginx-wasm setup-nginx-front ## unit, integration and end-to-end tests (real Envoy, the built wasm, the example certs, identity server and API)
 	@$(call require,curl,$(CURL_HINT))
 	cargo build -p $(API_PKG)
 	ENVOY_BIN=$(ENVOY) CERTBOUND_WASM=$(CURDIR)/$(WASM) CERTS_DIR=$(CERTS_DIR) API_BIN=$(API_DEBUG) \

@@ -41,6 +41,9 @@ pub struct Ports {
     /// HAProxy and nginx in front of the sidecar (tests/e2e/terminators.rs).
     pub haproxy: u16,
     pub nginx: u16,
+    /// PROXY=nginx (tests/e2e_nginx.rs): the certbound gateway in NGINX and its loopback hop.
+    pub nginx_gateway: u16,
+    pub nginx_egress: u16,
 }
 
 pub struct System {
@@ -96,6 +99,8 @@ impl System {
             sidecar_admin: free_port(),
             haproxy: free_port(),
             nginx: free_port(),
+            nginx_gateway: free_port(),
+            nginx_egress: free_port(),
         };
         let run_dir = std::env::temp_dir().join(format!("certbound-e2e-{}", std::process::id()));
         let _ = fs::remove_dir_all(&run_dir);
@@ -115,6 +120,8 @@ impl System {
             ("SIDECAR_HAPROXY_PORT".into(), s(&ports.sidecar_haproxy)),
             ("SIDECAR_NGINX_PORT".into(), s(&ports.sidecar_nginx)),
             ("SIDECAR_ADMIN_PORT".into(), s(&ports.sidecar_admin)),
+            ("NGINX_GATEWAY_PORT".into(), s(&ports.nginx_gateway)),
+            ("NGINX_EGRESS_PORT".into(), s(&ports.nginx_egress)),
             ("ENVOY_BIN".into(), s(&envoy.display())),
             ("API_BIN".into(), s(&api.display())),
             ("CERTS_DIR".into(), s(&certs_dir().display())),
