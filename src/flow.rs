@@ -32,6 +32,9 @@ use std::rc::Rc;
 pub struct RequestFacts<'a> {
     pub context_id: u32,
     pub headers: &'a Headers,
+    /// The path as the client sent it, where `:path` is not that (NGINX hands over its decoded,
+    /// normalized URI, and `proxy_pass` forwards the client's): routes and checks read this one.
+    pub sent_path: Option<&'a str>,
     /// The connection the request came on (its certificate, its peer), read when needed.
     pub peer: &'a dyn Peer,
     pub now: u64,
@@ -142,7 +145,7 @@ pub fn on_request(
     facts: RequestFacts,
 ) -> Start {
     let read = read_headers(cfg, facts.headers);
-    let path = read.path;
+    let path = facts.sent_path.map_or(read.path, Cow::Borrowed);
     let mut me = Waiter {
         context_id: facts.context_id,
         thumbprint: None,
@@ -192,6 +195,12 @@ pub fn on_request(
         if !kind.forwarded(cc, &presented) {
             me.strip.push(spelling);
         }
+    }
+    // Where a removed header still reaches the upstream (NGINX), a request that carries one
+    // certbound would remove or overwrite is refused rather than let through with it.
+    if !st.host.removes_headers && (read.claim_sent || !me.strip.is_empty()) {
+        let why = "the request carries a header that only the gateway sets";
+        return Start::Decided(deny(cfg, st, DenyReason::InvalidRequest(why), &me, None));
     }
     match (&me.thumbprint, &policy.certificate_rules) {
         (None, _) if policy.certificate_required => {
@@ -440,6 +449,8 @@ struct ReadHeaders<'a> {
     respelled: Vec<(HeaderKind, String)>,
     /// The spoofable headers it carries (`is_spoofable`), to remove if it is allowed.
     strip: Vec<String>,
+    /// It carries a claim header under its own name (which an allow sets or removes).
+    claim_sent: bool,
 }
 
 fn read_headers<'a>(cfg: &Config, headers: &'a Headers) -> ReadHeaders<'a> {
@@ -450,6 +461,7 @@ fn read_headers<'a>(cfg: &Config, headers: &'a Headers) -> ReadHeaders<'a> {
         certificates: Vec::new(),
         respelled: Vec::new(),
         strip: Vec::new(),
+        claim_sent: false,
     };
     // Names in any letter case: Envoy hands them over in lower case, NGINX as the client sent
     // them (`Authorization`).
@@ -477,6 +489,8 @@ fn read_headers<'a>(cfg: &Config, headers: &'a Headers) -> ReadHeaders<'a> {
             if let Ok(name) = std::str::from_utf8(name) {
                 read.strip.push(name.to_string());
             }
+        } else if cfg.claim_headers.iter().any(|(_, h)| h.as_bytes() == name) {
+            read.claim_sent = true;
         }
     }
     read
@@ -672,7 +686,7 @@ fn need_key_set(
         return Next::Decided(fail(cfg, st, store, now, key, f));
     }
     // A check that cannot be resumed from another's context makes its own key set call.
-    if !st.single_flight {
+    if !st.host.single_flight {
         return fetch_key_set(st, key, check);
     }
     if let Some(fetch) = &mut st.key_set_fetch {

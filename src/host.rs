@@ -7,6 +7,7 @@ use crate::cache::SharedStore;
 use crate::deny::Reply;
 use crate::flow::{Call, CallAnswer};
 use crate::headers::Headers;
+use crate::worker::Proxy;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status, StreamType};
 
 /// How much a log line matters.
@@ -15,27 +16,6 @@ pub enum Level {
     Info,
     Warn,
     Error,
-}
-
-/// The proxy the module runs in, told apart once per VM (`Host::proxy`): it decides where the
-/// connection's certificate comes from and whether requests can wait for one another's call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Proxy {
-    /// Envoy: `connection.sha256_peer_certificate_digest`; one request's verdict can be carried
-    /// out from another's context (`proxy_set_effective_context`).
-    Envoy,
-    /// NGINX with Kong's ngx_wasm_module: the certificate's PEM (`ngx.ssl_client_raw_cert`), per
-    /// `connection.id`; `proxy_set_effective_context` is ignored, so no request waits for another.
-    Nginx,
-}
-
-impl Proxy {
-    pub fn name(self) -> &'static str {
-        match self {
-            Proxy::Envoy => "envoy",
-            Proxy::Nginx => "nginx",
-        }
-    }
 }
 
 /// What certbound needs from the proxy. Shared data (`SharedStore`) is shared by every worker of

@@ -6,9 +6,9 @@ use crate::binding;
 use crate::certificate::Peer;
 use crate::deny::{self, DenyReason};
 use crate::flow::{self, CallAnswer, Next, RequestFacts, Start, Verdict};
-use crate::host::{Host, Level, Proxy, ProxyHost};
+use crate::host::{Host, Level, ProxyHost};
 use crate::token;
-use crate::worker::{CheckId, Worker};
+use crate::worker::{CheckId, Proxy, Worker};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::cell::OnceCell;
@@ -125,9 +125,22 @@ impl<H: Host> Http<H> {
             && headers
                 .get("content-type")
                 .is_some_and(|v| token::is_form(&v));
+        // NGINX: `:path` is its decoded, normalized URI; the upstream gets the client's.
+        let sent_path = match worker.proxy {
+            Proxy::Envoy => None,
+            Proxy::Nginx => match self.host.property(&["ngx", "request_uri"]) {
+                Some(p) => Some(p),
+                None => {
+                    let why = "the request's path cannot be read";
+                    return refuse(&self.host, why, &worker.config.realm);
+                }
+            },
+        };
+        let sent_path = sent_path.as_deref().map(String::from_utf8_lossy);
         let facts = RequestFacts {
             context_id: self.id,
             headers: &headers,
+            sent_path: sent_path.as_deref(),
             peer: &peer,
             now: worker.clock.get(),
         };

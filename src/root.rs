@@ -6,10 +6,10 @@
 use crate::config;
 use crate::feed;
 use crate::flow::CallAnswer;
-use crate::host::{Host, Level, Proxy, ProxyHost};
+use crate::host::{Host, Level, ProxyHost};
 use crate::http::Http;
 use crate::metrics;
-use crate::worker::Worker;
+use crate::worker::{Proxy, Worker};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 use std::rc::Rc;

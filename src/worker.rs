@@ -6,7 +6,6 @@ use crate::binding::{ConnectionThumbprints, Thumbprint};
 use crate::cache::{KeyDeriver, LocalCache, Seal, TokenHash, TokenKey};
 use crate::certificate::ParsedCertificates;
 use crate::config::{Config, JwtRules};
-use crate::host::Proxy;
 use crate::jwks::KeySet;
 use crate::metrics::Tally;
 use crate::revocation::Revocations;
@@ -16,6 +15,52 @@ use std::rc::Rc;
 
 /// Entries this VM keeps for itself in front of shared data.
 const LOCAL_ENTRIES: usize = 1024;
+
+/// The proxy the module runs in, told apart once per VM (`Host::proxy`): it decides where the
+/// connection's certificate comes from and whether requests can wait for one another's call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proxy {
+    /// Envoy: `connection.sha256_peer_certificate_digest`; one request's verdict can be carried
+    /// out from another's context (`proxy_set_effective_context`).
+    Envoy,
+    /// NGINX with Kong's ngx_wasm_module: the certificate's PEM (`ngx.ssl_client_raw_cert`), per
+    /// `connection.id`; `proxy_set_effective_context` is ignored, so no request waits for another.
+    Nginx,
+}
+
+impl Proxy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Proxy::Envoy => "envoy",
+            Proxy::Nginx => "nginx",
+        }
+    }
+
+    pub fn traits(self) -> HostTraits {
+        match self {
+            Proxy::Envoy => HostTraits {
+                single_flight: true,
+                removes_headers: true,
+            },
+            Proxy::Nginx => HostTraits {
+                single_flight: false,
+                removes_headers: false,
+            },
+        }
+    }
+}
+
+/// What the flow relies on that one proxy does and the other does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostTraits {
+    /// One request's verdict can be carried out from another's context, so requests with the
+    /// same token wait for one check (else each makes its own call).
+    pub single_flight: bool,
+    /// A request header removed (or a second copy of one set) does not reach the upstream.
+    /// ngx_wasm_module only marks it, and NGINX's proxy module forwards it anyway: there a request
+    /// that carries a header certbound would remove or overwrite is refused instead.
+    pub removes_headers: bool,
+}
 
 /// The configuration (fixed once configured) and the state that changes with every request.
 pub struct Worker {
@@ -33,7 +78,7 @@ pub struct Worker {
 impl Worker {
     pub fn new(config: Config, proxy: Proxy) -> Worker {
         let mut state = State::new(&config);
-        state.single_flight = proxy == Proxy::Envoy;
+        state.host = proxy.traits();
         Worker {
             config,
             proxy,
@@ -54,8 +99,8 @@ pub struct State {
     /// context, one call per token per worker, however many requests carry it at once; else one
     /// per request (`CheckId`).
     pub inflight: HashMap<CheckId, Inflight>,
-    /// Requests with the same token wait for one check (false: each makes its own).
-    pub single_flight: bool,
+    /// What the proxy can do (`Proxy::traits`).
+    pub host: HostTraits,
     /// This worker's parsed copy of the key set and when it was fetched.
     pub keys: Option<(u64, Rc<KeySet>)>,
     /// The key set call out (one per worker, whatever the number of checks that need it).
@@ -80,7 +125,7 @@ impl State {
             seal: Seal::new(&config.fingerprint, &config.introspection.client_secret),
             local: LocalCache::new(LOCAL_ENTRIES.min(config.cache.max_entries as usize)),
             inflight: HashMap::new(),
-            single_flight: true,
+            host: Proxy::Envoy.traits(),
             keys: None,
             key_set_fetch: None,
             key_set_failed_at: None,
@@ -103,7 +148,7 @@ pub struct Waiter {
 }
 
 /// Which check: the token's cache key, and where requests do not share checks
-/// (`State::single_flight` false), the request that made it.
+/// (`HostTraits::single_flight` false), the request that made it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CheckId {
     pub token: TokenKey,
@@ -114,7 +159,11 @@ pub struct CheckId {
 impl State {
     /// The check a request with `token` in `context_id` makes or waits for.
     pub fn check_id(&self, token: TokenKey, context_id: u32) -> CheckId {
-        let caller = if self.single_flight { 0 } else { context_id };
+        let caller = if self.host.single_flight {
+            0
+        } else {
+            context_id
+        };
         CheckId { token, caller }
     }
 }

@@ -1480,12 +1480,26 @@ const NGINX_PEM: &[u8] = b"-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTI
 
 /// A request in NGINX on connection `id`, whose certificate NGINX verified (`verify`) or not.
 fn in_nginx(p: &mut Proxy, token: &str, id: &str, verify: &str) -> u32 {
-    let props: [(&str, &[u8]); 3] = [
+    in_nginx_with(p, token, id, verify, PATH, &[])
+}
+
+/// The same, the client having sent `sent` as its path (`:path` is NGINX's normalized `PATH`)
+/// and `extra` headers.
+fn in_nginx_with(
+    p: &mut Proxy,
+    token: &str,
+    id: &str,
+    verify: &str,
+    sent: &str,
+    extra: &[(&str, &str)],
+) -> u32 {
+    let props: [(&str, &[u8]); 4] = [
         ("id", id.as_bytes()),
         ("ngx.ssl_client_verify", verify.as_bytes()),
         ("ngx.ssl_client_raw_cert", NGINX_PEM),
+        ("ngx.request_uri", sent.as_bytes()),
     ];
-    on_connection(p, token, &[], &props)
+    on_connection(p, token, extra, &props)
 }
 
 fn reads_of(p: &Proxy, property: &str) -> usize {
@@ -1553,10 +1567,11 @@ fn in_nginx_concurrent_requests_each_make_their_own_call_and_are_each_decided() 
     let first = in_nginx(&mut p, "tok", "1", "SUCCESS");
     let second = in_nginx(&mut p, "tok", "2", "SUCCESS");
     let admin = {
-        let props: [(&str, &[u8]); 3] = [
+        let props: [(&str, &[u8]); 4] = [
             ("id", b"3"),
             ("ngx.ssl_client_verify", b"SUCCESS"),
             ("ngx.ssl_client_raw_cert", NGINX_PEM),
+            ("ngx.request_uri", b"/api/admin/x"),
         ];
         let headers = [
             (":method", "GET"),
@@ -1610,4 +1625,75 @@ fn in_nginx_each_check_that_needs_the_key_set_fetches_it_itself() {
     assert_eq!(p.fate(a), Fate::Paused);
     p.answer(a, 200, &[], jwks.as_bytes());
     assert_eq!(p.status(a), 200);
+}
+
+#[test]
+fn in_nginx_routes_read_the_path_as_the_client_sent_it() {
+    let mine = Thumbprint::from_pem(std::str::from_utf8(NGINX_PEM).unwrap()).unwrap();
+    let mut p = Proxy::new_in(true, &config("json"), NOW);
+    // `:path` is NGINX's decoded, normalized URI; proxy_pass forwards what the client sent.
+    for sent in [
+        "/api//transactions",
+        "/api/%74ransactions",
+        "//api/transactions",
+    ] {
+        let r = in_nginx_with(&mut p, "tok", "1", "SUCCESS", sent, &[]);
+        assert_eq!(p.status(r), 400, "{sent}");
+        assert_eq!(error_of(&p, r), "invalid_request");
+    }
+    // The query as sent too: a token there is refused.
+    let sent = format!("{PATH}?access_token=tok");
+    let r = in_nginx_with(&mut p, "tok", "1", "SUCCESS", &sent, &[]);
+    assert_eq!(p.status(r), 400);
+    assert!(p.calls().is_empty(), "nothing was introspected");
+    let r = in_nginx(&mut p, "tok", "1", "SUCCESS");
+    p.answer(r, 200, &[], &active_json(mine));
+    assert_eq!(p.status(r), 200);
+    // Without the sent path the request cannot be checked: refused.
+    let props: [(&str, &[u8]); 3] = [
+        ("id", b"2"),
+        ("ngx.ssl_client_verify", b"SUCCESS"),
+        ("ngx.ssl_client_raw_cert", NGINX_PEM),
+    ];
+    let r = on_connection(&mut p, "tok", &[], &props);
+    assert_eq!(p.status(r), 503);
+}
+
+#[test]
+fn in_nginx_a_header_certbound_would_remove_or_overwrite_is_refused() {
+    let mine = Thumbprint::from_pem(std::str::from_utf8(NGINX_PEM).unwrap()).unwrap();
+    let mut p = Proxy::new_in(true, &config("json"), NOW);
+    // (NGINX forwards a header a filter removes: ngx_wasm_module only marks it.)
+    for extra in [
+        ("x-client-id", "admin"),
+        ("X-Client-Id", "admin"),
+        ("x_client_id", "admin"),
+        ("client-cert", ":MIIBAA==:"),
+        ("X-Forwarded-Client-Cert", "Hash=00"),
+    ] {
+        let r = in_nginx_with(&mut p, "tok", "1", "SUCCESS", PATH, &[extra]);
+        assert_eq!(p.status(r), 400, "{extra:?}");
+        assert_eq!(error_of(&p, r), "invalid_request");
+    }
+    assert!(p.calls().is_empty(), "refused before any call");
+    let r = in_nginx_with(&mut p, "tok", "1", "SUCCESS", PATH, &[("x-note", "fine")]);
+    p.answer(r, 200, &[], &active_json(mine));
+    assert_eq!(p.status(r), 200);
+    // In Envoy the same headers are removed or overwritten, and the request goes on.
+    let mut e = Proxy::new(&config("json"), NOW);
+    let headers = [
+        (":method", "GET"),
+        (":path", PATH),
+        ("authorization", "Bearer tok"),
+        ("x-client-id", "admin"),
+        ("client-cert", ":MIIBAA==:"),
+    ];
+    let r = e.request(&headers, Some(MINE));
+    e.answer(r, 200, &[], &active_json(MINE));
+    assert_eq!(e.status(r), 200);
+    assert_eq!(e.upstream_header(r, "client-cert"), None);
+    assert_eq!(
+        e.upstream_header(r, "x-client-id"),
+        Some("partner-client".to_string())
+    );
 }
