@@ -64,8 +64,8 @@ pub struct State {
     pub gauges: HashMap<String, u64>,
     pub tick_ms: Option<u64>,
     pub logs: Vec<(Level, String)>,
-    /// Acts as ngx_wasm_module does where it differs from Envoy: `set_effective_context` is
-    /// ignored (and answers Ok).
+    /// Acts as NGINX with ngx_wasm_module does where it differs from Envoy: `set_effective_context`
+    /// is ignored (and answers Ok), a removed request header still reaches the upstream.
     pub nginx: bool,
     /// Every property path read, joined with dots.
     pub property_reads: Vec<String>,
@@ -150,7 +150,22 @@ impl Host for FakeHost {
     }
 
     fn set_request_header(&self, name: &str, value: Option<&str>) -> bool {
+        let nginx = self.0.borrow().nginx;
         self.with_stream(|st| {
+            if nginx {
+                // As NGINX does with ngx_wasm_module: a removed header (and every copy but the
+                // first of one set) is only marked, and proxy_pass forwards it anyway.
+                let first = st
+                    .headers
+                    .iter_mut()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name));
+                match (first, value) {
+                    (Some(h), Some(v)) => h.1 = v.to_string(),
+                    (None, Some(v)) => st.headers.push((name.to_string(), v.to_string())),
+                    (_, None) => {}
+                }
+                return;
+            }
             st.headers.retain(|(k, _)| k != name);
             if let Some(v) = value {
                 st.headers.push((name.to_string(), v.to_string()));

@@ -146,6 +146,17 @@ pub fn on_request(
 ) -> Start {
     let read = read_headers(cfg, facts.headers);
     let path = facts.sent_path.map_or(read.path, Cow::Borrowed);
+    // A fragment is never sent by a client that means it; NGINX forwards one as it came.
+    if facts.sent_path.is_some_and(|p| p.contains('#')) {
+        let why = "the request target carries a fragment";
+        let me = Waiter {
+            context_id: facts.context_id,
+            thumbprint: None,
+            route: None,
+            strip: Vec::new(),
+        };
+        return Start::Decided(deny(cfg, st, DenyReason::InvalidRequest(why), &me, None));
+    }
     let mut me = Waiter {
         context_id: facts.context_id,
         thumbprint: None,
@@ -197,8 +208,16 @@ pub fn on_request(
         }
     }
     // Where a removed header still reaches the upstream (NGINX), a request that carries one
-    // certbound would remove or overwrite is refused rather than let through with it.
-    if !st.host.removes_headers && (read.claim_sent || !me.strip.is_empty()) {
+    // certbound would remove or overwrite is refused rather than let through with it; so is a
+    // second copy of a certificate header (setting a header there changes the first copy only).
+    let twice = |(i, (kind, _)): (usize, &(HeaderKind, Cow<'_, str>))| {
+        read.certificates[..i].iter().any(|(k, _)| k == kind)
+    };
+    if !st.host.removes_headers
+        && (read.claim_sent
+            || !me.strip.is_empty()
+            || read.certificates.iter().enumerate().any(twice))
+    {
         let why = "the request carries a header that only the gateway sets";
         return Start::Decided(deny(cfg, st, DenyReason::InvalidRequest(why), &me, None));
     }

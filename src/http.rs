@@ -127,7 +127,24 @@ impl<H: Host> Http<H> {
                 .is_some_and(|v| token::is_form(&v));
         // NGINX: `:path` is its decoded, normalized URI; the upstream gets the client's.
         let sent_path = match worker.proxy {
-            Proxy::Envoy => None,
+            Proxy::Envoy => {
+                // `Host::proxy` tells the proxies apart by a side effect: the first request checks
+                // the answer against NGINX's variables, which Envoy does not have. Taken for
+                // Envoy, NGINX would forward the headers certbound removes: fail closed.
+                if !worker.proxy_checked.replace(true)
+                    && self.host.property(&["ngx", "request_uri"]).is_some()
+                {
+                    worker.proxy_mistaken.set(true);
+                    self.host.log(
+                        Level::Error,
+                        "this proxy was taken for Envoy but has NGINX's variables: every request is refused",
+                    );
+                }
+                if worker.proxy_mistaken.get() {
+                    return refuse(&self.host, "the proxy is not known", &worker.config.realm);
+                }
+                None
+            }
             Proxy::Nginx => match self.host.property(&["ngx", "request_uri"]) {
                 Some(p) => Some(p),
                 None => {
@@ -285,6 +302,13 @@ impl<H: Host> Http<H> {
     /// whose stream has gone is skipped.
     fn apply_all(&self, worker: &Worker, verdicts: &[(u32, Verdict)]) {
         for (context_id, verdict) in verdicts {
+            // Where contexts cannot be switched (NGINX) a verdict for another request would land
+            // on this one; none is made there (no request waits for another's call).
+            if *context_id != self.id && !worker.proxy.traits().single_flight {
+                self.host
+                    .log(Level::Error, "a verdict for another request was dropped");
+                continue;
+            }
             if self.host.set_effective_context(*context_id)
                 && matches!(self.apply(worker, verdict), Action::Continue)
             {

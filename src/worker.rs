@@ -67,6 +67,10 @@ pub struct Worker {
     pub config: Config,
     /// The proxy it runs in (asked once, at configure time).
     pub proxy: Proxy,
+    /// The first request has checked `proxy` the other way (`http.rs`), and whether that check
+    /// failed: then every request is refused.
+    pub proxy_checked: Cell<bool>,
+    pub proxy_mistaken: Cell<bool>,
     /// Certificates of the last connections, where the proxy gives no digest (NGINX). Apart from
     /// `state`: it is read while the flow holds that.
     pub connections: RefCell<ConnectionThumbprints>,
@@ -82,6 +86,8 @@ impl Worker {
         Worker {
             config,
             proxy,
+            proxy_checked: Cell::new(false),
+            proxy_mistaken: Cell::new(false),
             connections: RefCell::new(ConnectionThumbprints::default()),
             state: RefCell::new(state),
             clock: Cell::new(0),

@@ -621,6 +621,16 @@ fn claim_headers(map: BTreeMap<String, String>) -> Result<Vec<(String, String)>>
             return err("claim_headers", "claim names must not be empty");
         }
         let h = header_name(&header, &field)?;
+        // CGI and WSGI read `-` and `_` alike: a client's `x-user` would pass for `x_user`.
+        if h.contains('_') {
+            return err(
+                &field,
+                "must not contain `_` (upstreams read it as `-`): name it with `-`",
+            );
+        }
+        if CERTIFICATE_HEADERS.contains(&h.as_str()) {
+            return err(&field, "names a certificate header (xfcc, client-cert)");
+        }
         if claim_headers.iter().any(|(_, existing)| existing == &h) {
             return err(&field, "names a header already used by another claim");
         }

@@ -1,8 +1,10 @@
 //! The request flow through the fake host (the real root and HTTP contexts): requests with any
 //! headers and certificates, call answers of any status and body — member JSON, JWTs signed by a
 //! key of the set, key sets, bytes — failures, clients going away, bodies, trailers and time.
-//! After every step each request has at most one fate, and a request without a certificate never
-//! reaches the upstream on a route that requires binding.
+//! After every step each request has at most one fate, a request without a certificate never
+//! reaches the upstream on a route that requires binding, and no certificate or claim header of
+//! the client's does. Half the inputs run as in NGINX (the fake host's `nginx`: the certificate as
+//! a PEM per connection, no single-flight, removed headers still forwarded).
 #![no_main]
 use arbitrary::Arbitrary;
 use certbound::binding::Thumbprint;
@@ -10,7 +12,14 @@ use certbound::fake_host::Proxy;
 use certbound_fuzz::{keys, Json, NOW};
 use libfuzzer_sys::fuzz_target;
 
-const CERTS: [Thumbprint; 2] = [Thumbprint([1; 32]), Thumbprint([2; 32])];
+/// Two "certificates" (minimal DER SEQUENCEs), as NGINX hands them over (PEM), and their thumbprints.
+const PEMS: [&str; 2] = [
+    "-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n",
+    "-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n",
+];
+fn certs() -> [Thumbprint; 2] {
+    PEMS.map(|p| Thumbprint::from_pem(p).expect("a PEM"))
+}
 const PATHS: &[&str] = &[
     "/api/transactions",
     "/api/transactions/42",
@@ -102,6 +111,8 @@ struct Input {
     /// 0: the connection only; 1: xfcc from 10.0.0.0/8, then the connection; 2: client-cert from
     /// 10.0.0.0/8, forwarding the hash.
     sources: u8,
+    /// Run as in NGINX.
+    nginx: bool,
     ops: Vec<Op>,
 }
 
@@ -148,7 +159,7 @@ fn body_bytes(body: Body) -> Vec<u8> {
                             "iss": certbound_fuzz::ISSUER, "aud": "api.example.com", "iat": NOW - 5,
                             "exp": NOW + 120, "client_id": "partner", "sub": "s",
                             "scope": if scope { "transactions" } else { "read" },
-                            "cnf": {"x5t#S256": CERTS[usize::from(cert)].to_x5t()},
+                            "cnf": {"x5t#S256": certs()[usize::from(cert)].to_x5t()},
                         });
                         signer(by)
                             .sign(header(by).as_bytes(), claims.to_string().as_bytes())
@@ -182,7 +193,7 @@ fuzz_target!(|input: Input| {
         }
         _ => {}
     }
-    let mut proxy = Proxy::new(&config, NOW);
+    let mut proxy = Proxy::new_in(input.nginx, &config, NOW);
     // (context, had a certificate: its own or one a trusted hop could have sent, path)
     let mut requests: Vec<(u32, bool, String)> = Vec::new();
     let pick = |requests: &Vec<(u32, bool, String)>, which: u8| {
@@ -226,7 +237,7 @@ fuzz_target!(|input: Input| {
                     ));
                 }
                 if let Some(x) = xfcc {
-                    let t = CERTS[usize::from(x % 2)];
+                    let t = certs()[usize::from(x % 2)];
                     h.push((
                         "x-forwarded-client-cert".into(),
                         format!("Hash={}", t.to_hex()),
@@ -234,7 +245,8 @@ fuzz_target!(|input: Input| {
                 }
                 let refs: Vec<(&str, &str)> =
                     h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                let cert = cert.map(|c| CERTS[usize::from(c % 2)]);
+                let cert_index = cert.map(|c| usize::from(c % 2));
+                let cert = cert_index.map(|c| certs()[c]);
                 let digest = cert.map(|t| t.to_hex());
                 let address: &[u8] = if trusted {
                     b"10.0.0.1:5000"
@@ -242,7 +254,16 @@ fuzz_target!(|input: Input| {
                     b"192.0.2.1:5000"
                 };
                 let mut properties: Vec<(&str, &[u8])> = vec![("source.address", address)];
-                if let Some(d) = &digest {
+                // NGINX: one connection per certificate (or none), its PEM, the path as sent.
+                let connection = [b"1", b"2", b"3"][cert_index.unwrap_or(2)];
+                if input.nginx {
+                    properties.push(("id", connection));
+                    properties.push(("ngx.request_uri", path.as_bytes()));
+                    if let Some(c) = cert_index {
+                        properties.push(("ngx.ssl_client_verify", b"SUCCESS"));
+                        properties.push(("ngx.ssl_client_raw_cert", PEMS[c].as_bytes()));
+                    }
+                } else if let Some(d) = &digest {
                     properties.push(("sha256_peer_certificate_digest", d.as_bytes()));
                 }
                 let id = proxy.request_on(&refs, &properties);
@@ -321,6 +342,19 @@ fuzz_target!(|input: Input| {
                             "x-forwarded-client-cert" | "client-cert" | "client-cert-chain"
                         ) || own_hash,
                         "a certificate header reached the upstream: {name}: {value}"
+                    );
+                }
+                // A claim header reaches it once at most, in certbound's own spelling.
+                for claim in ["x-client-id", "x-sub"] {
+                    let copies: Vec<&String> = stream
+                        .headers
+                        .iter()
+                        .filter(|(k, _)| k.to_ascii_lowercase().replace('_', "-") == claim)
+                        .map(|(k, _)| k)
+                        .collect();
+                    assert!(
+                        copies.len() <= 1 && copies.iter().all(|k| *k == claim),
+                        "the client's {claim} reached the upstream: {copies:?}"
                     );
                 }
             }

@@ -1697,3 +1697,54 @@ fn in_nginx_a_header_certbound_would_remove_or_overwrite_is_refused() {
         Some("partner-client".to_string())
     );
 }
+
+#[test]
+fn in_nginx_a_fragment_or_a_second_certificate_header_is_refused() {
+    let mut v = config("json");
+    v["client_certificate"] = json!({
+        "sources": ["connection", "xfcc"],
+        "trusted_hop": {"cidrs": ["10.0.0.0/8"]},
+        "forward_xfcc_hash": true
+    });
+    let mut p = Proxy::new_in(true, &v, NOW);
+    let sent = format!("{PATH}#x?access_token=tok");
+    let r = in_nginx_with(&mut p, "tok", "1", "SUCCESS", &sent, &[]);
+    assert_eq!(p.status(r), 400);
+    let xfcc = ("x-forwarded-client-cert", "Hash=00");
+    let r = in_nginx_with(&mut p, "tok", "1", "SUCCESS", PATH, &[xfcc, xfcc]);
+    assert_eq!(
+        p.status(r),
+        400,
+        "two copies: only the first would be overwritten"
+    );
+    assert!(p.calls().is_empty());
+}
+
+#[test]
+fn a_proxy_taken_for_envoy_that_has_nginx_variables_refuses_every_request() {
+    let mut p = Proxy::new(&config("json"), NOW);
+    let props: [(&str, &[u8]); 2] = [
+        (
+            "sha256_peer_certificate_digest",
+            b"0101010101010101010101010101010101010101010101010101010101010101",
+        ),
+        ("ngx.request_uri", PATH.as_bytes()),
+    ];
+    let r = on_connection(&mut p, "tok", &[], &props);
+    assert_eq!(p.status(r), 503);
+    let r = p.get(PATH, "tok", Some(MINE));
+    assert_eq!(p.status(r), 503, "every request after it too");
+    assert!(p.calls().is_empty());
+    let logs = format!("{:?}", p.host.0.borrow().logs);
+    assert!(
+        logs.contains("taken for Envoy but has NGINX's variables"),
+        "{logs}"
+    );
+    // In Envoy (no such variable) the first request is checked once and goes on.
+    let mut e = Proxy::new(&config("json"), NOW);
+    let a = e.get(PATH, "tok", Some(MINE));
+    e.answer(a, 200, &[], &active_json(MINE));
+    let b = e.get(PATH, "tok", Some(MINE));
+    assert_eq!((e.status(a), e.status(b)), (200, 200));
+    assert_eq!(reads_of(&e, "ngx.request_uri"), 1, "once per VM");
+}

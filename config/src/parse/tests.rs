@@ -125,6 +125,16 @@ fn every_bad_configuration_names_its_field() {
         ),
         (
             "json",
+            |v| v["claim_headers"] = json!({"sub": "x_user"}),
+            "claim_headers.sub: must not contain `_`",
+        ),
+        (
+            "json",
+            |v| v["claim_headers"] = json!({"sub": "Client-Cert-Chain"}),
+            "claim_headers.sub: names a certificate header",
+        ),
+        (
+            "json",
             |v| v["introspection"]["scheme"] = json!("HTTPS"),
             "introspection.scheme: must be http or https",
         ),
