@@ -29,11 +29,16 @@ pub fn client_thumbprint(property: impl Fn(&str) -> Option<Vec<u8>>) -> Option<T
 /// `ngx.ssl_client_raw_cert`, only if NGINX verified the certificate (`ngx.ssl_client_verify` is
 /// `SUCCESS`; `ssl_verify_client optional_no_ca` would let an unverified one through).
 pub fn nginx_client_thumbprint(property: impl Fn(&str) -> Option<Vec<u8>>) -> Option<Thumbprint> {
+    nginx_client_der(property).map(|der| Thumbprint::from_der(&der))
+}
+
+/// NGINX: the DER of the client certificate NGINX verified (`nginx_client_thumbprint`).
+pub fn nginx_client_der(property: impl Fn(&str) -> Option<Vec<u8>>) -> Option<Vec<u8>> {
     if property("ssl_client_verify")?.as_slice() != b"SUCCESS" {
         return None;
     }
     let pem = property("ssl_client_raw_cert")?;
-    Thumbprint::from_pem(std::str::from_utf8(&pem).ok()?)
+    der_from_pem(std::str::from_utf8(&pem).ok()?)
 }
 
 /// How many connections' thumbprints a worker remembers (`ConnectionThumbprints`).

@@ -81,6 +81,9 @@ impl HeaderKind {
 pub trait Peer {
     /// SHA-256 of the peer's certificate, when the connection is mutual TLS.
     fn thumbprint(&self) -> Option<Thumbprint>;
+    /// The peer's certificate itself, where the proxy hands it over (NGINX; Envoy gives its
+    /// digest only). Read only for rules that need its names, once per certificate.
+    fn der(&self) -> Option<Vec<u8>>;
     /// The first URI SAN of the peer's certificate.
     fn uri_san(&self) -> Option<String>;
     /// The first DNS SAN of the peer's certificate.

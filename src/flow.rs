@@ -227,7 +227,8 @@ pub fn on_request(
             return Start::Decided(deny(cfg, st, reason, &me, None));
         }
         (Some(t), Some(rules)) => {
-            if let Err(why) = check_certificate(st, rules, t, &presented, &read.certificates) {
+            let headers = read.certificates.as_slice();
+            if let Err(why) = check_certificate(st, rules, t, &presented, headers, facts.peer) {
                 let reason = DenyReason::CertificateNotAllowed(why);
                 return Start::Decided(deny(cfg, st, reason, &me, None));
             }
@@ -427,15 +428,22 @@ fn check_certificate(
     thumbprint: &Thumbprint,
     presented: &Presented,
     headers: &[(HeaderKind, Cow<'_, str>)],
+    peer: &dyn Peer,
 ) -> Result<(), &'static str> {
     let facts = match rules.need_certificate() {
         false => None,
         true => {
+            // The presented certificate's DER: from its header, the connection's own XFCC
+            // (Envoy), or the connection itself (NGINX); only ever the one with this thumbprint.
             let der = || {
                 presented
                     .der
                     .clone()
                     .or_else(|| certificate::der_in_xfcc(headers, thumbprint))
+                    .or_else(|| {
+                        peer.der()
+                            .filter(|d| Thumbprint::from_der(d).matches(thumbprint))
+                    })
             };
             match st.parsed.get(thumbprint, der) {
                 Some(Some(facts)) => Some(facts),

@@ -3,7 +3,7 @@
 //! `Http<FakeHost>` the same way.
 
 use crate::binding;
-use crate::certificate::Peer;
+use crate::certificate::{CertificateFacts, Peer};
 use crate::deny::{self, DenyReason};
 use crate::flow::{self, CallAnswer, Next, RequestFacts, Start, Verdict};
 use crate::host::{Host, Level, ProxyHost};
@@ -64,24 +64,40 @@ impl<H: Host> HostPeer<'_, H> {
     }
 }
 
+impl<H: Host> HostPeer<'_, H> {
+    /// The first SAN of a kind: Envoy's property, or in NGINX (which has none) the certificate's.
+    fn first_san(&self, property: &str, of: fn(CertificateFacts) -> Vec<String>) -> Option<String> {
+        match self.worker.proxy {
+            Proxy::Envoy => {
+                let v = self.host.property(&["connection", property])?;
+                String::from_utf8(v).ok()
+            }
+            Proxy::Nginx => of(CertificateFacts::parse(&self.der()?)?)
+                .into_iter()
+                .next(),
+        }
+    }
+}
+
 impl<H: Host> Peer for HostPeer<'_, H> {
     #[inline]
     fn thumbprint(&self) -> Option<binding::Thumbprint> {
         *self.thumbprint.get_or_init(|| self.read_thumbprint())
     }
 
+    fn der(&self) -> Option<Vec<u8>> {
+        match self.worker.proxy {
+            Proxy::Envoy => None,
+            Proxy::Nginx => binding::nginx_client_der(|v| self.host.property(&["ngx", v])),
+        }
+    }
+
     fn uri_san(&self) -> Option<String> {
-        let v = self
-            .host
-            .property(&["connection", "uri_san_peer_certificate"])?;
-        String::from_utf8(v).ok()
+        self.first_san("uri_san_peer_certificate", |f| f.uri_sans)
     }
 
     fn dns_san(&self) -> Option<String> {
-        let v = self
-            .host
-            .property(&["connection", "dns_san_peer_certificate"])?;
-        String::from_utf8(v).ok()
+        self.first_san("dns_san_peer_certificate", |f| f.dns_sans)
     }
 
     fn address(&self) -> Option<IpAddr> {

@@ -14,6 +14,9 @@ impl Peer for Hop {
     fn thumbprint(&self) -> Option<Thumbprint> {
         Some(Thumbprint([7; 32]))
     }
+    fn der(&self) -> Option<Vec<u8>> {
+        None
+    }
     fn uri_san(&self) -> Option<String> {
         None
     }

@@ -72,6 +72,10 @@ impl Peer for FakePeer {
         self.reads.set(self.reads.get() + 1);
         self.thumbprint
     }
+    fn der(&self) -> Option<Vec<u8>> {
+        self.reads.set(self.reads.get() + 1);
+        None
+    }
     fn uri_san(&self) -> Option<String> {
         self.reads.set(self.reads.get() + 1);
         self.uri.clone()

@@ -1748,3 +1748,54 @@ fn a_proxy_taken_for_envoy_that_has_nginx_variables_refuses_every_request() {
     assert_eq!((e.status(a), e.status(b)), (200, 200));
     assert_eq!(reads_of(&e, "ngx.request_uri"), 1, "once per VM");
 }
+
+#[test]
+fn in_nginx_allow_lists_and_trusted_hops_read_the_connections_own_certificate() {
+    use crate::certificate::tests::partner;
+    let der = partner();
+    let cert = Thumbprint::from_der(&der);
+    let pem = format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        base64::engine::Engine::encode(&base64::engine::general_purpose::STANDARD, &der)
+    );
+    let mut v = config("json");
+    v["routes"] = json!([
+        {"path_prefix": "/api/transactions", "allowed_certificates": {"dns_sans": ["partner.example.com"]}},
+        {"path_prefix": "/api/other", "allowed_certificates": {"issuers": ["CN=Other CA"]}}
+    ]);
+    let mut p = Proxy::new_in(true, &v, NOW);
+    let request = |p: &mut Proxy, path: &str, id: &str| {
+        let props: [(&str, &[u8]); 4] = [
+            ("id", id.as_bytes()),
+            ("ngx.ssl_client_verify", b"SUCCESS"),
+            ("ngx.ssl_client_raw_cert", pem.as_bytes()),
+            ("ngx.request_uri", path.as_bytes()),
+        ];
+        let headers = [
+            (":method", "GET"),
+            (":path", path),
+            ("authorization", "Bearer tok"),
+        ];
+        p.request_on(&headers, &props)
+    };
+    let r = request(&mut p, "/api/transactions", "1");
+    p.answer(r, 200, &[], &active_json(cert));
+    assert_eq!(p.status(r), 200, "its DNS SAN is on the list");
+    let r = request(&mut p, "/api/other", "2");
+    assert_eq!(p.status(r), 403);
+    assert_eq!(error_of(&p, r), "access_denied");
+    // Parsed once per certificate: a new connection with it reads no PEM for the names.
+    let pem_reads = reads_of(&p, "ngx.ssl_client_raw_cert");
+    let r = request(&mut p, "/api/transactions", "3");
+    assert_eq!(p.status(r), 200);
+    assert_eq!(
+        reads_of(&p, "ngx.ssl_client_raw_cert"),
+        pem_reads + 1,
+        "the thumbprint only"
+    );
+    assert_eq!(
+        reads_of(&p, "connection.uri_san_peer_certificate"),
+        0,
+        "NGINX has none"
+    );
+}
