@@ -192,7 +192,9 @@ compose-check: setup-compose ## validate docker-compose.yml with docker-compose 
 # NGINX with Kong's ngx_wasm_module (Wasmtime) for the NGINX tests and demo: NGINX_WASM if set, else
 # the build in ../shared/tools/nginx-wasm unpacked into target/nginx-wasm (docs/nginx.md says how
 # to build one). ngx_wasm_module is in no package registry.
-NGINX_WASM_SHARED := $(CURDIR)/../shared/tools/nginx-wasm
+# (The checkout's sibling `shared/`; one level further up for a checkout in a directory of its own.)
+NGINX_WASM_SHARED := $(firstword $(wildcard $(CURDIR)/../shared/tools/nginx-wasm \
+                       $(CURDIR)/../../shared/tools/nginx-wasm) $(CURDIR)/../shared/tools/nginx-wasm)
 NGINX_WASM_BIN    := $(or $(NGINX_WASM),$(CURDIR)/target/nginx-wasm/nginx)
 
 nginx-wasm: ## find NGINX with ngx_wasm_module (NGINX_WASM, else unpack ../shared/tools/nginx-wasm) and print its path
