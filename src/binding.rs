@@ -170,6 +170,40 @@ fn lower_hex(c: u8) -> Option<u8> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_connection_is_read_once_until_it_is_one_of_the_oldest_past_the_limit() {
+        let mut seen = ConnectionThumbprints::default();
+        let reads = std::cell::Cell::new(0);
+        let read = |n: u8| {
+            reads.set(reads.get() + 1);
+            Some(Thumbprint([n; 32]))
+        };
+        for n in 0..=u8::try_from(REMEMBERED_CONNECTIONS).unwrap() {
+            assert_eq!(
+                seen.get_or_read(&[n], || read(n)),
+                Some(Thumbprint([n; 32]))
+            );
+        }
+        let first_reads = reads.get();
+        // The newest are remembered, each with its own certificate, however often asked.
+        for n in 1..=u8::try_from(REMEMBERED_CONNECTIONS).unwrap() {
+            assert_eq!(
+                seen.get_or_read(&[n], || read(0xff)),
+                Some(Thumbprint([n; 32]))
+            );
+        }
+        assert_eq!(reads.get(), first_reads);
+        // The oldest was dropped: read again.
+        assert_eq!(
+            seen.get_or_read(&[0], || read(0)),
+            Some(Thumbprint([0; 32]))
+        );
+        assert_eq!(reads.get(), first_reads + 1);
+        // A connection without a certificate is remembered as such.
+        assert_eq!(seen.get_or_read(b"x", || None), None);
+        assert_eq!(seen.get_or_read(b"x", || read(9)), None);
+    }
+
     // SHA-256("abc"), a value everyone can check.
     const HEX: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
     const X5T: &str = "ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0";

@@ -146,23 +146,17 @@ pub fn on_request(
 ) -> Start {
     let read = read_headers(cfg, facts.headers);
     let path = facts.sent_path.map_or(read.path, Cow::Borrowed);
-    // A fragment is never sent by a client that means it; NGINX forwards one as it came.
-    if facts.sent_path.is_some_and(|p| p.contains('#')) {
-        let why = "the request target carries a fragment";
-        let me = Waiter {
-            context_id: facts.context_id,
-            thumbprint: None,
-            route: None,
-            strip: Vec::new(),
-        };
-        return Start::Decided(deny(cfg, st, DenyReason::InvalidRequest(why), &me, None));
-    }
     let mut me = Waiter {
         context_id: facts.context_id,
         thumbprint: None,
         route: None,
         strip: read.strip,
     };
+    // A fragment is never sent by a client that means it; NGINX forwards one as it came.
+    if facts.sent_path.is_some_and(|p| p.contains('#')) {
+        let why = "the request target carries a fragment";
+        return Start::Decided(deny(cfg, st, DenyReason::InvalidRequest(why), &me, None));
+    }
     // With routes, the path decides the policy: it must be one an upstream reads the same way.
     if !cfg.routes.is_empty() {
         match path::route(cfg, &read.method, &path) {

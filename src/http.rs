@@ -62,9 +62,7 @@ impl<H: Host> HostPeer<'_, H> {
             }
         }
     }
-}
 
-impl<H: Host> HostPeer<'_, H> {
     /// The first SAN of a kind: Envoy's property, or in NGINX (which has none) the certificate's.
     fn first_san(&self, property: &str, of: fn(CertificateFacts) -> Vec<String>) -> Option<String> {
         match self.worker.proxy {
@@ -141,33 +139,9 @@ impl<H: Host> Http<H> {
             && headers
                 .get("content-type")
                 .is_some_and(|v| token::is_form(&v));
-        // NGINX: `:path` is its decoded, normalized URI; the upstream gets the client's.
-        let sent_path = match worker.proxy {
-            Proxy::Envoy => {
-                // `Host::proxy` tells the proxies apart by a side effect: the first request checks
-                // the answer against NGINX's variables, which Envoy does not have. Taken for
-                // Envoy, NGINX would forward the headers certbound removes: fail closed.
-                if !worker.proxy_checked.replace(true)
-                    && self.host.property(&["ngx", "request_uri"]).is_some()
-                {
-                    worker.proxy_mistaken.set(true);
-                    self.host.log(
-                        Level::Error,
-                        "this proxy was taken for Envoy but has NGINX's variables: every request is refused",
-                    );
-                }
-                if worker.proxy_mistaken.get() {
-                    return refuse(&self.host, "the proxy is not known", &worker.config.realm);
-                }
-                None
-            }
-            Proxy::Nginx => match self.host.property(&["ngx", "request_uri"]) {
-                Some(p) => Some(p),
-                None => {
-                    let why = "the request's path cannot be read";
-                    return refuse(&self.host, why, &worker.config.realm);
-                }
-            },
+        let sent_path = match self.sent_path(&worker) {
+            Ok(p) => p,
+            Err(why) => return refuse(&self.host, why, &worker.config.realm),
         };
         let sent_path = sent_path.as_deref().map(String::from_utf8_lossy);
         let facts = RequestFacts {
@@ -192,6 +166,31 @@ impl<H: Host> Http<H> {
                 self.pending = Some(key);
                 self.dispatch(&worker, key, &call);
                 Action::Pause
+            }
+        }
+    }
+
+    /// The path as the client sent it, where the proxy's `:path` is not that: NGINX's is its
+    /// decoded, normalized URI, and `proxy_pass` forwards the client's. Err: refuse the request.
+    fn sent_path(&self, worker: &Worker) -> Result<Option<Vec<u8>>, &'static str> {
+        let sent = || self.host.property(&["ngx", "request_uri"]);
+        match worker.proxy {
+            Proxy::Nginx => sent().map(Some).ok_or("the request's path cannot be read"),
+            Proxy::Envoy => {
+                // `Host::proxy` tells the proxies apart by a side effect: the first request checks
+                // the answer against NGINX's variables, which Envoy does not have. Taken for
+                // Envoy, NGINX would forward the headers certbound removes: fail closed.
+                if !worker.proxy_checked.replace(true) && sent().is_some() {
+                    worker.proxy_mistaken.set(true);
+                    self.host.log(
+                        Level::Error,
+                        "this proxy was taken for Envoy but has NGINX's variables: every request is refused",
+                    );
+                }
+                match worker.proxy_mistaken.get() {
+                    true => Err("the proxy is not known"),
+                    false => Ok(None),
+                }
             }
         }
     }

@@ -81,8 +81,7 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(config: Config, proxy: Proxy) -> Worker {
-        let mut state = State::new(&config);
-        state.host = proxy.traits();
+        let state = State::new(&config, proxy);
         Worker {
             config,
             proxy,
@@ -125,13 +124,13 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(config: &Config) -> State {
+    pub fn new(config: &Config, proxy: Proxy) -> State {
         State {
             key_deriver: KeyDeriver::new(&config.cache.namespace, &config.fingerprint),
             seal: Seal::new(&config.fingerprint, &config.introspection.client_secret),
             local: LocalCache::new(LOCAL_ENTRIES.min(config.cache.max_entries as usize)),
             inflight: HashMap::new(),
-            host: Proxy::Envoy.traits(),
+            host: proxy.traits(),
             keys: None,
             key_set_fetch: None,
             key_set_failed_at: None,
