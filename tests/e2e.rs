@@ -19,8 +19,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::repo;
-use partner::{Answer, Partner};
-use system::System;
+use partner::{assert_denied, Partner};
+use system::{without_reaching_the_api, System};
 
 /// What example/client.sh prints when every step succeeds (the compose and demo tests read it too).
 const FLOW: &str = include_str!("client-output.txt");
@@ -30,31 +30,6 @@ const API_SELFSIGNED: &str = "api-selfsigned.example.com";
 
 fn denied(reason: &str) -> String {
     format!("certbound.requests_denied.{reason}")
-}
-
-/// Runs `f` and checks that it did not reach the API (the API's own request counter).
-fn without_reaching_the_api<T>(system: &System, what: &str, f: impl FnOnce() -> T) -> T {
-    let before = system.api_requests();
-    let result = f();
-    assert_eq!(
-        system.api_requests(),
-        before,
-        "{what}: the request reached the API"
-    );
-    result
-}
-
-fn assert_denied(a: &Answer, status: u16, error: &str, what: &str) {
-    assert_eq!(
-        (a.status, a.error().as_str()),
-        (status, error),
-        "{what}: {a:?}"
-    );
-    let challenge = a.www_authenticate.as_deref().unwrap_or_default();
-    assert!(
-        challenge.contains(&format!("error=\"{error}\"")),
-        "{what}: WWW-Authenticate {challenge:?}"
-    );
 }
 
 #[test]

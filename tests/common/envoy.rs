@@ -80,6 +80,19 @@ impl std::fmt::Display for StartError {
     }
 }
 
+/// Runs `start` up to three times while it fails because a port found free was taken meanwhile.
+pub fn retry_on_port_race<T>(start: impl Fn() -> Result<T, StartError>) -> Result<T, StartError> {
+    let mut last = None;
+    for _ in 0..3 {
+        match start() {
+            Ok(started) => return Ok(started),
+            Err(e) if e.log.contains("ddress already in use") => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.expect("at least one attempt"))
+}
+
 /// Kills the child process when dropped.
 struct ProcessGuard(Child);
 
@@ -102,15 +115,7 @@ impl Envoy {
     /// Starts Envoy and waits for admin `/ready` to say LIVE; retries on a port race.
     pub fn start(opts: &EnvoyOpts) -> Result<Envoy, StartError> {
         preconditions(opts)?;
-        let mut last = None;
-        for _ in 0..3 {
-            match Self::start_once(opts) {
-                Ok(e) => return Ok(e),
-                Err(e) if e.log.contains("ddress already in use") => last = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last.expect("at least one attempt"))
+        retry_on_port_race(|| Self::start_once(opts))
     }
 
     fn start_once(opts: &EnvoyOpts) -> Result<Envoy, StartError> {

@@ -141,15 +141,7 @@ pub struct Nginx {
 impl Nginx {
     /// Starts NGINX and waits until every worker has configured the filter; retries on a port race.
     pub fn start(opts: &NginxOpts) -> Result<Nginx, StartError> {
-        let mut last = None;
-        for _ in 0..3 {
-            match Self::start_once(opts) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.log.contains("ddress already in use") => last = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last.expect("at least one attempt"))
+        super::envoy::retry_on_port_race(|| Self::start_once(opts))
     }
 
     fn start_once(opts: &NginxOpts) -> Result<Nginx, StartError> {

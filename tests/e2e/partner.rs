@@ -39,6 +39,20 @@ pub struct Answer {
     pub body: String,
 }
 
+/// A refusal with this status and OAuth error, in the body and the challenge.
+pub fn assert_denied(a: &Answer, status: u16, error: &str, what: &str) {
+    assert_eq!(
+        (a.status, a.error().as_str()),
+        (status, error),
+        "{what}: {a:?}"
+    );
+    let challenge = a.www_authenticate.as_deref().unwrap_or_default();
+    assert!(
+        challenge.contains(&format!("error=\"{error}\"")),
+        "{what}: WWW-Authenticate {challenge:?}"
+    );
+}
+
 impl Answer {
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or(Value::Null)

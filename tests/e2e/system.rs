@@ -11,6 +11,18 @@ use serde_json::Value;
 
 use crate::common::{self, certs_dir, free_port, repo};
 
+/// Runs `f` and checks that it did not reach the API (the API's own request counter).
+pub fn without_reaching_the_api<T>(system: &System, what: &str, f: impl FnOnce() -> T) -> T {
+    let before = system.api_requests();
+    let result = f();
+    assert_eq!(
+        system.api_requests(),
+        before,
+        "{what}: the request reached the API"
+    );
+    result
+}
+
 /// `var` as a path, else `default` below the repository.
 fn env_path(var: &str, default: &str) -> PathBuf {
     common::env_path(var, repo().join(default))
