@@ -858,6 +858,89 @@ fn phantom_jwts_that_fail(proxy: Proxy) {
     assert_eq!(w.upstream.count(), 3);
 }
 
+/// Stale-if-error on two workers: an entry that expired moments ago decides while the identity
+/// server answers 500 (binding still checked), until the bound; with it off, 503. (The upstream's
+/// count tells the stale answers, as NGINX's counters cannot be read here.)
+fn stale_if_error_within_its_bound(proxy: Proxy) {
+    for stale in [4, 0] {
+        let w = World::with_workers(
+            proxy,
+            Format::Json,
+            |c| c["cache"] = json!({"max_ttl_seconds": 1, "stale_if_error_seconds": stale}),
+            2,
+        );
+        let token = w.bound_token(CLIENT, SCOPES);
+        assert_eq!(w.get(CLIENT, PATH, &token).status, 200);
+        w.idp.register(&token, Behaviour::Status500);
+        std::thread::sleep(Duration::from_millis(2200));
+        // A new client (and connection) per request: both workers are asked.
+        for _ in 0..4 {
+            let r = w.get(CLIENT, PATH, &token);
+            let expected = if stale > 0 { 200 } else { 503 };
+            assert_eq!(r.status, expected, "stale_if_error_seconds {stale}: {r:?}");
+        }
+        if stale == 0 {
+            assert_eq!(w.upstream.count(), 1);
+            continue;
+        }
+        assert_eq!(w.upstream.count(), 5, "served stale");
+        assert_challenge(&w.get(CLIENT2, PATH, &token), 401, "invalid_token");
+        // Past the bound (about 1 s of life and 4 s of staleness): 503.
+        std::thread::sleep(Duration::from_millis(3500));
+        assert_eq!(w.get(CLIENT, PATH, &token).status, 503);
+        assert_eq!(w.upstream.count(), 5);
+    }
+}
+
+/// A trusted hop's `Client-Cert` (RFC 9440): believed from the hop's address only, with the
+/// certificate it names bound to the token; from anyone else it is no certificate (NGINX refuses
+/// the request that carries it, Envoy removes the header) and never reaches the API.
+fn a_trusted_hops_client_cert(proxy: Proxy) {
+    use base64::Engine;
+    let w = World::with(proxy, Format::Json, |c| {
+        c["client_certificate"] = json!({
+            "sources": ["client-cert"],
+            "trusted_hop": {"cidrs": ["127.0.0.2/32"]},
+            "forward_headers": true
+        })
+    });
+    let pem = std::fs::read_to_string(certs_dir().join(format!("{CLIENT}.pem"))).unwrap();
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(&b64)
+        .unwrap();
+    let header = format!(
+        ":{}:",
+        base64::engine::general_purpose::STANDARD.encode(der)
+    );
+    let token = w.bound_token(CLIENT, SCOPES);
+    let from = |ip: [u8; 4]| {
+        let addr = std::net::IpAddr::from(ip);
+        client_from(w.gw.port(), Some(CLIENT2), addr)
+    };
+    // The hop (127.0.0.2) presents its own certificate and the partner's in Client-Cert.
+    let reply = w.get_with(
+        &from([127, 0, 0, 2]),
+        PATH,
+        &token,
+        &[("Client-Cert", &header)],
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(w.upstream.count(), 1);
+    // The same header from another address: not believed.
+    let reply = w.get_with(
+        &from([127, 0, 0, 1]),
+        PATH,
+        &token,
+        &[("Client-Cert", &header)],
+    );
+    match proxy {
+        Proxy::Envoy => assert_challenge(&reply, 401, "invalid_token"),
+        Proxy::Nginx => assert_challenge(&reply, 400, "invalid_request"),
+    }
+    assert_eq!(w.upstream.count(), 1, "a refusal reached the API");
+}
+
 macro_rules! on_both_proxies {
     ($($case:ident),* $(,)?) => {
         mod envoy {
@@ -886,6 +969,8 @@ on_both_proxies!(
     route_policies,
     what_is_cached_and_for_how_long,
     phantom_jwts_that_fail,
+    stale_if_error_within_its_bound,
+    a_trusted_hops_client_cert,
 );
 
 /// Requests one after another on one keep-alive connection, a stolen token among them (each a
