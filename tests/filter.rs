@@ -340,80 +340,6 @@ fn jwks_is_fetched_once_for_several_tokens() {
 }
 
 #[test]
-fn request_body_reaches_the_upstream_intact_after_introspection() {
-    let f = Fixture::new(Format::Jwt);
-    let token = f.bound_token(CLIENT, SCOPES);
-    let body: String = (0..20_000).map(|i| format!("{i},")).collect();
-    let reply = send(
-        f.envoy
-            .client(CLIENT)
-            .post(f.envoy.url("/api/transactions"))
-            .bearer_auth(&token)
-            .header("content-type", "text/csv")
-            .body(body.clone()),
-    );
-    assert_eq!(reply.status, 200, "{reply:?}");
-    let forwarded = f.upstream.last();
-    assert_eq!(forwarded.method, "POST");
-    assert_eq!(forwarded.body.len(), body.len());
-    assert!(
-        forwarded.body == body.as_bytes(),
-        "the body changed on its way"
-    );
-}
-
-/// A request body that arrives while the introspection call is out must not carry the request past
-/// the filter: the API sees nothing of a request whose token is then rejected, and an allowed request
-/// reaches it with the JWT, not the opaque token.
-#[test]
-fn request_body_sent_during_introspection_waits_for_the_decision() {
-    // The identity server takes 300 ms; the timeout leaves room for a slow machine.
-    let f = Fixture::with(Format::Jwt, |c| {
-        c["introspection"]["timeout_ms"] = json!(5_000)
-    });
-    let body: String = (0..20_000).map(|i| format!("{i},")).collect();
-    let post = |token: &str| {
-        send(
-            f.envoy
-                .client(CLIENT)
-                .post(f.envoy.url("/api/transactions"))
-                .bearer_auth(token)
-                .header("content-type", "text/csv")
-                .body(body.clone()),
-        )
-    };
-
-    let rejected = opaque_token("body-inactive");
-    f.idp
-        .register(&rejected, Behaviour::Hang(Duration::from_millis(300)));
-    let reply = post(&rejected);
-    assert_eq!(reply.status, 401, "{reply:?}");
-    assert_eq!(f.upstream.count(), 0, "a rejected request reached the API");
-
-    let allowed = opaque_token("body-active");
-    let claims = bound_claims(&thumbprint(CLIENT), SCOPES);
-    f.idp.register(
-        &allowed,
-        Behaviour::Slow(Duration::from_millis(300), claims),
-    );
-    let reply = post(&allowed);
-    assert_eq!(reply.status, 200, "{reply:?}");
-    let forwarded = f.upstream.last();
-    let jwt = f
-        .idp
-        .answered(&allowed)
-        .expect("the identity server answered");
-    assert_eq!(
-        forwarded.header_all("authorization"),
-        [format!("Bearer {jwt}")]
-    );
-    assert!(
-        forwarded.body == body.as_bytes(),
-        "the body changed on its way"
-    );
-}
-
-#[test]
 fn positive_cache_entry_expires_after_max_ttl() {
     let f = Fixture::with(Format::Jwt, |c| c["cache"] = json!({"max_ttl_seconds": 1}));
     let token = f.bound_token(CLIENT, SCOPES);
@@ -1454,41 +1380,6 @@ fn a_token_the_identity_server_refuses_is_401_and_asked_about_once() {
 // Inputs an attacker controls (issue 11, items 2, 4, 5, 6).
 
 #[test]
-fn path_spellings_do_not_skip_the_routes_policy() {
-    let f = Fixture::new(Format::Json);
-    // Bound to the client, but without the route's scope.
-    let token = f.bound_token(CLIENT, "other");
-    let reply = f.get(CLIENT, "/API/transactions", Some(&token));
-    assert_eq!(
-        reply.status, 403,
-        "case does not escape the route: {reply:?}"
-    );
-    // (Dot segments are refused too; reqwest resolves them before sending, so the unit tests in
-    // src/path.rs and src/flow/tests.rs send those.)
-    for path in [
-        "//api/transactions",
-        "/api//transactions",
-        "/api/%74ransactions",
-        "/api%2ftransactions",
-        "/api;x/transactions",
-    ] {
-        let reply = f.get(CLIENT, path, Some(&token));
-        assert_eq!(reply.status, 400, "{path}: {reply:?}");
-        assert_eq!(reply.json()["error"], "invalid_request", "{path}");
-    }
-    let reply = f.get(CLIENT, "/api/transactionsX", Some(&token));
-    assert_eq!(
-        reply.status, 200,
-        "a prefix covers whole segments: {reply:?}"
-    );
-    assert_eq!(
-        f.upstream.count(),
-        1,
-        "only /api/transactionsX reached the API"
-    );
-}
-
-#[test]
 fn a_default_deny_refuses_what_no_route_allows() {
     let f = Fixture::with(Format::Json, |c| c["default_policy"] = json!("deny"));
     let token = f.bound_token(CLIENT, SCOPES);
@@ -1528,38 +1419,6 @@ fn a_second_token_in_the_query_is_400() {
     assert_eq!(reply.json()["error"], "invalid_request");
     assert_eq!(f.upstream.count(), 0);
     assert_eq!(f.idp.calls(), 0);
-}
-
-#[test]
-fn other_spellings_of_claim_and_certificate_headers_are_stripped() {
-    let f = Fixture::new(Format::Json);
-    let token = f.bound_token(CLIENT, SCOPES);
-    let client = f.envoy.client(CLIENT);
-    let reply = send(
-        client
-            .get(f.envoy.url("/api/transactions"))
-            .header("authorization", format!("Bearer {token}"))
-            .header("x_certbound_client_id", "admin")
-            .header("X-Certbound_Client-Id", "admin")
-            .header("client-cert", ":MIIBAA==:")
-            .header("client-cert-chain", ":MIIBAA==:")
-            .header("x-forwarded-client-cert", "Hash=00;Subject=\"CN=admin\""),
-    );
-    assert_eq!(reply.status, 200, "{reply:?}");
-    let seen = f.upstream.last();
-    for name in [
-        "x_certbound_client_id",
-        "x-certbound_client-id",
-        "client-cert",
-        "client-cert-chain",
-        "x-forwarded-client-cert",
-    ] {
-        assert!(
-            seen.header_all(name).is_empty(),
-            "{name} reached the API: {seen:?}"
-        );
-    }
-    assert_eq!(seen.header_all(CLIENT_ID_HEADER), [PARTNER_CLIENT_ID]);
 }
 
 #[test]

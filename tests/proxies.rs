@@ -637,6 +637,7 @@ fn a_body_waits_for_the_decision_and_arrives_whole(proxy: Proxy) {
         200
     );
     let seen = w.upstream.last();
+    assert_eq!(seen.method, "POST");
     let jwt = w
         .idp
         .answered(&allowed)

@@ -278,16 +278,7 @@ impl Drop for Envoy {
         let _ = self.process.0.kill();
         let _ = self.process.0.wait();
         if thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            eprintln!(
-                "--- envoy log (last {} lines; config and log kept in {}) ---",
-                tail.len(),
-                self.dir.display()
-            );
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
+            super::print_log_tail("envoy", &self.log(), &self.dir);
         } else {
             let _ = fs::remove_dir_all(&self.dir);
         }

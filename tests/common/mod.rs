@@ -155,6 +155,19 @@ pub fn filter_config(format: Format) -> Value {
     config
 }
 
+/// A failing test's view of a proxy's log: its last 60 lines, and where the rest was kept.
+pub fn print_log_tail(proxy: &str, log: &str, kept_in: &Path) {
+    let tail: Vec<&str> = log.lines().rev().take(60).collect();
+    eprintln!(
+        "--- {proxy} log (last {} lines; config and log kept in {}) ---",
+        tail.len(),
+        kept_in.display()
+    );
+    for line in tail.iter().rev() {
+        eprintln!("{line}");
+    }
+}
+
 /// A plain HTTP client (admin interfaces, local servers): no proxy, `timeout` per request.
 pub fn plain_client(timeout: Duration) -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()

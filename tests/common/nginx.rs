@@ -250,16 +250,7 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         self.stop();
         if thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            eprintln!(
-                "--- nginx log (last {} lines; config and log kept in {}) ---",
-                tail.len(),
-                self.dir.display()
-            );
-            for line in tail.into_iter().rev() {
-                eprintln!("{line}");
-            }
+            super::print_log_tail("nginx", &self.log(), &self.dir);
         } else {
             // KEEP_NGINX=1 keeps the configuration and logs of a passing test too.
             if std::env::var_os("KEEP_NGINX").is_none() {

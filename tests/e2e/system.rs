@@ -184,14 +184,29 @@ impl System {
         );
     }
 
-    /// Runs another script of the example (client.sh) against this system.
-    pub fn run_example(&self, script: &str) -> Output {
-        Command::new(repo().join(script))
+    /// Runs the partner client of `make demo` (example/client.sh) against this system and checks
+    /// that it printed what it prints when every step succeeds (tests/client-output.txt, which the
+    /// compose and demo tests read too).
+    pub fn run_demo_client(&self) {
+        let out = Command::new(repo().join("example/client.sh"))
             .current_dir(repo())
             .env("FRONT_PORT", self.ports.front.to_string())
             .env("CERTS_DIR", certs_dir())
             .output()
-            .expect("run the example script")
+            .expect("run example/client.sh");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "example/client.sh failed:\n{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            stdout.lines().collect::<Vec<_>>(),
+            include_str!("../client-output.txt")
+                .lines()
+                .collect::<Vec<_>>(),
+            "example/client.sh output"
+        );
     }
 
     pub fn log(&self, service: &str) -> String {
